@@ -1,0 +1,66 @@
+"""Checkpoints: atomic writes and safe loads.
+
+A checkpoint is a dict of tensors and plain data (the resolved config is a plain dict), so
+it loads with ``torch.load(weights_only=True)``: a file carrying an arbitrary pickle payload
+is refused and its code never runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "recallseg-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file, fsync, then rename.
+
+    A crash or kill during the save leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a recallseg checkpoint safely, with a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (expected e.g. <run dir>/checkpoints/best.pt)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects beyond tensors and plain data, "
+            f"which could run arbitrary code ({str(error).splitlines()[0]}). Only load checkpoints written by recallseg."
+        ) from None
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt, truncated or not a PyTorch file ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a recallseg checkpoint (no '{FORMAT}' marker); was it written by another program?")
+    return state

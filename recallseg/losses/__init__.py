@@ -1,0 +1,19 @@
+"""Losses: one module per loss, all reachable through the registry (``build_loss``)."""
+
+from .registry import LOSSES, LossContext, SegmentationLoss, build_loss, register_loss
+from .class_weights import class_weights_from_counts
+from .cross_entropy import CrossEntropyLoss
+from .weighted_cross_entropy import WeightedCrossEntropyLoss
+from .recall import RecallLoss
+
+__all__ = [
+    "LOSSES",
+    "LossContext",
+    "SegmentationLoss",
+    "build_loss",
+    "register_loss",
+    "class_weights_from_counts",
+    "CrossEntropyLoss",
+    "WeightedCrossEntropyLoss",
+    "RecallLoss",
+]

@@ -1,0 +1,56 @@
+"""Math shared by the losses. Everything here is free of host-device synchronisation:
+no ``.item()``, no ``torch.unique``, no boolean-mask indexing, so it can run inside a
+CUDA graph and never stalls the GPU pipeline."""
+
+from __future__ import annotations
+
+import torch
+
+
+def valid_mask(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Boolean mask of pixels that take part in the loss."""
+    return target != ignore_index
+
+
+def safe_target(target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``target`` with ignored pixels set to class 0, so it can index per-class tensors.
+
+    Callers must zero those pixels' contribution through ``valid``."""
+    return torch.where(valid, target, torch.zeros((), dtype=target.dtype, device=target.device))
+
+
+def class_sums(labels: torch.Tensor, values: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """Per-class sums of ``values`` (counts when ``values`` is None) over pixels labelled ``0..C-1``.
+
+    Labels outside ``[0, C)`` (the caller maps ignored pixels to ``C``) fall out of the result.
+    On CPU a bincount is fastest. On CUDA a one-hot compare-and-sum avoids the atomics that a
+    scatter into a handful of bins contends on, and ``torch.bincount`` would sync to size its output.
+    """
+    labels = labels.reshape(-1)
+    if values is not None:
+        values = values.reshape(-1)
+    if labels.device.type == "cpu":
+        counts = torch.bincount(labels, weights=values, minlength=num_classes + 1)[:num_classes]
+        return counts.to(torch.float32)
+    classes = torch.arange(num_classes, device=labels.device, dtype=labels.dtype)
+    onehot = labels.unsqueeze(0) == classes.unsqueeze(1)  # C x P
+    if values is None:
+        return onehot.sum(dim=1, dtype=torch.float32)
+    return (onehot * values.to(torch.float32).unsqueeze(0)).sum(dim=1)
+
+
+def masked_mean(per_pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_pixel`` over valid pixels; 0 (with zero gradient) when none is valid."""
+    total = (per_pixel * valid).sum()
+    return total / valid.sum().clamp_min(1)
+
+
+def target_is_top1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """True where the target class has the highest logit (a hit for recall).
+
+    Ties count as hits: with bf16 logits exact ties between classes are common, and
+    ``argmax``'s first-index rule would make a tied pixel a hit or a miss depending only on
+    the order of the class ids. ``amax`` plus one gather is also far cheaper than ``argmax`` on CPU.
+    """
+    target_logit = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    return target_logit >= logits.amax(dim=1)

@@ -1,0 +1,101 @@
+"""Recall loss (Tian et al., "Striking the Right Balance: Recall Loss for Semantic
+Segmentation", ICRA 2022, arXiv 2106.14917)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .functional import class_sums, safe_target, target_is_top1, valid_mask
+from .registry import SegmentationLoss, register_loss
+
+
+@register_loss("recall")
+class RecallLoss(SegmentationLoss):
+    """Cross entropy weighted per class by the class's current miss rate, ``w_c = 1 - recall_c``.
+
+    ``recall_c = TP_c / N_c`` over the non-ignored pixels of class c, so ``w_c = FN_c / N_c``:
+    classes the model currently gets wrong weigh more, whether they are rare or not. The
+    loss is ``sum_n w[y_n] * CE_n / N`` over the N non-ignored pixels. The weights carry no
+    gradient. A class absent from the statistics gets weight 0 (it has no pixels to weigh).
+
+    Args:
+        num_classes: number of classes C.
+        ignore_index: label of pixels that take no part (not in N_c, FN_c nor N).
+        statistics: ``"batch"`` (the paper: counts of the current batch) or ``"ema"``
+            (counts smoothed over iterations; the state is saved in checkpoints).
+        momentum: for ``"ema"``, the weight of the past: ``s <- m * s + (1 - m) * batch``.
+        soft: take recall from predicted probabilities, ``recall_c = sum_{n in c} p_n(c) / N_c``,
+            instead of hard hits.
+        sync: all-reduce the per-class counts over DDP ranks so the weights come from the
+            global batch; a no-op without an initialised process group.
+
+    A pixel is a hit when the target's logit is the largest (ties count as hits; see
+    ``functional.target_is_top1``).
+
+    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)``; returns a scalar.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        statistics: str = "batch",
+        momentum: float = 0.9,
+        soft: bool = False,
+        sync: bool = False,
+    ):
+        super().__init__(num_classes, ignore_index)
+        if statistics not in ("batch", "ema"):
+            raise ValueError(f"loss.statistics must be 'batch' or 'ema', got {statistics!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"loss.momentum must be in [0, 1), got {momentum}")
+        self.statistics = statistics
+        self.momentum = float(momentum)
+        self.soft = bool(soft)
+        self.sync = bool(sync)
+        # EMA of [N_c, FN_c]; `seen` turns the first update into a plain copy without a host branch.
+        self.register_buffer("ema_counts", torch.zeros(2, num_classes))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+        self._last_weights: torch.Tensor | None = None
+        self._last_batch_recall: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def _counts(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+        """Stacked ``[N_c, FN_c]`` of this batch (float32, shape 2 x C)."""
+        labels = torch.where(valid, target, torch.full_like(target, self.num_classes))
+        totals = class_sums(labels, None, self.num_classes)
+        if self.soft:
+            hit = torch.exp(-nll.float())  # p_n(y_n)
+        else:
+            hit = target_is_top1(logits, safe_target(target, valid))
+        misses = class_sums(labels, 1.0 - hit.float(), self.num_classes)
+        return torch.stack([totals, misses])
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = valid_mask(target, self.ignore_index)
+        nll = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")
+        counts = self._counts(logits.detach(), target, valid, nll.detach())
+        batch_recall = 1.0 - counts[1] / counts[0].clamp_min(1)
+        if self.sync and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        if self.statistics == "ema" and self.training:
+            with torch.no_grad():
+                blended = self.momentum * self.ema_counts + (1.0 - self.momentum) * counts
+                self.ema_counts.copy_(torch.where(self.seen, blended, counts))
+                self.seen.fill_(True)
+            counts = self.ema_counts
+        elif self.statistics == "ema":
+            counts = torch.where(self.seen, self.ema_counts, counts)
+        weights = counts[1] / counts[0].clamp_min(1e-12)
+        weights = torch.where(counts[0] > 0, weights, torch.zeros_like(weights))
+        self._last_weights, self._last_batch_recall = weights.detach(), batch_recall.detach()
+        # Ignored pixels have nll == 0 already; index weights through a safe target.
+        per_pixel = weights[safe_target(target, valid)] * nll
+        return per_pixel.sum() / valid.sum().clamp_min(1)
+
+    def extra_logs(self) -> dict[str, torch.Tensor]:
+        if self._last_weights is None:
+            return {}
+        return {"recall_weight": self._last_weights, "batch_recall": self._last_batch_recall}

@@ -1,0 +1,87 @@
+"""Cross entropy with fixed per-class weights (inverse, median or effective-number frequency)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .class_weights import class_weights_from_counts
+from .registry import LossContext, SegmentationLoss, register_loss
+
+
+def read_weights_file(path: str | Path) -> list[float]:
+    """Read class weights from a JSON list, a JSON object with a ``weights`` list, or a text file of numbers."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class weights file {path} does not exist; pass loss.weights=[...] or fix loss.weights_file")
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+        values = data["weights"] if isinstance(data, dict) else data
+    except json.JSONDecodeError:
+        values = text.replace(",", " ").split()
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"class weights file {path} must hold a list of numbers: {error}") from None
+
+
+@register_loss("weighted_ce")
+class WeightedCrossEntropyLoss(SegmentationLoss):
+    """Pixel-wise cross entropy with fixed class weights.
+
+    Args:
+        num_classes: number of classes C.
+        ignore_index: label of pixels that take no part.
+        weights: the C class weights.
+
+    The mean is PyTorch's weighted mean, ``sum_n w[y_n] CE_n / sum_n w[y_n]`` over non-ignored
+    pixels, as ``torch.nn.CrossEntropyLoss(weight=w)`` computes it; set ``normalize: pixels``
+    to divide by the number of non-ignored pixels instead. From YAML the weights come from
+    ``weights`` (a list), ``weights_file``, or, by default, from the training split's
+    pixel counts with ``mode`` = inverse | median | effective_number (and ``beta``).
+    """
+
+    def __init__(self, num_classes: int, weights: Sequence[float] | torch.Tensor, ignore_index: int = 255, normalize: str = "weights"):
+        super().__init__(num_classes, ignore_index)
+        weights = torch.as_tensor(weights, dtype=torch.float32).flatten()
+        if weights.numel() != num_classes:
+            raise ValueError(f"got {weights.numel()} class weights for {num_classes} classes")
+        if not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"class weights must be finite and non-negative, got {weights.tolist()}")
+        if normalize not in ("weights", "pixels"):
+            raise ValueError(f"normalize must be 'weights' or 'pixels', got {normalize!r}")
+        self.normalize = normalize
+        self.register_buffer("weights", weights)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "WeightedCrossEntropyLoss":
+        options = dict(options)
+        mode = options.pop("mode", "median")
+        beta = options.pop("beta", 0.999)
+        weights = options.pop("weights", None)
+        weights_file = options.pop("weights_file", None)
+        if weights is None and weights_file:
+            weights = read_weights_file(weights_file)
+        if weights is None:
+            if context.class_pixel_counts is None:
+                raise ValueError("weighted_ce needs class weights: give loss.weights, loss.weights_file, or train on a dataset")
+            weights = class_weights_from_counts(context.class_pixel_counts(), mode=mode, beta=beta)
+        return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=list(map(float, weights)), **options)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = F.cross_entropy(logits.float(), target, weight=self.weights, ignore_index=self.ignore_index, reduction="sum")
+        if self.normalize == "pixels":
+            denominator = (target != self.ignore_index).sum().clamp_min(1).to(total.dtype)
+        else:
+            valid = target != self.ignore_index
+            safe = torch.where(valid, target, torch.zeros_like(target))
+            denominator = (self.weights[safe] * valid).sum().clamp_min(1e-12)
+        return total / denominator
+
+    def extra_logs(self) -> dict[str, torch.Tensor]:
+        return {}
