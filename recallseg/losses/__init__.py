@@ -17,3 +17,10 @@ __all__ = [
     "WeightedCrossEntropyLoss",
     "RecallLoss",
 ]
+from .focal import FocalLoss
+from .lovasz import LovaszLoss
+from .ohem import OhemCrossEntropyLoss
+from .class_balanced import ClassBalancedCrossEntropyLoss
+from .combined import CombinedLoss
+
+__all__ += ["FocalLoss", "LovaszLoss", "OhemCrossEntropyLoss", "ClassBalancedCrossEntropyLoss", "CombinedLoss"]

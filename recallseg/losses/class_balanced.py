@@ -1,0 +1,54 @@
+"""Class-balanced cross entropy (Cui et al., "Class-Balanced Loss Based on Effective Number of
+Samples", CVPR 2019)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .class_weights import class_weights_from_counts
+from .registry import LossContext, register_loss
+from .weighted_cross_entropy import WeightedCrossEntropyLoss
+
+
+@register_loss("class_balanced")
+class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
+    """Cross entropy weighted by the inverse effective number of samples of each class.
+
+    ``w_c = (1 - beta) / (1 - beta ** n_c)`` with ``n_c`` the pixel count of class c in the
+    *training* split (from ``LossContext.class_pixel_counts()``, never the validation split),
+    normalised to mean 1 over the classes present; a class with no training pixels gets 0.
+    ``beta = 0`` weighs all present classes equally; ``beta -> 1`` tends to inverse frequency.
+    Pixel counts are large (millions per class), so ``1 - beta ** n_c`` saturates at 1 unless
+    ``beta`` is very close to 1: with ``beta = 0.999`` every class above ~5000 pixels gets
+    the same weight, and the loss is nearly plain CE. Try 0.99999 or more on real data.
+
+    Args:
+        num_classes: number of classes C.
+        weights: the C class weights (``from_config`` computes them from ``beta``).
+        ignore_index: label of pixels that take no part.
+        normalize: ``"weights"`` (PyTorch's weighted mean, ``sum w[y] CE / sum w[y]``) or
+            ``"pixels"`` (divide by the number of non-ignored pixels).
+
+    YAML options: ``beta`` and ``normalize``.
+
+    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar.
+
+    Reference: https://arxiv.org/abs/1901.05555
+    """
+
+    OPTIONS = ("beta", "normalize")
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "ClassBalancedCrossEntropyLoss":
+        options = dict(options)
+        unknown = [key for key in options if key not in cls.OPTIONS]
+        if unknown:
+            raise TypeError(f"loss 'class_balanced' does not take option(s) {unknown}; it takes {list(cls.OPTIONS)}")
+        if context.class_pixel_counts is None:
+            raise ValueError(
+                "class_balanced needs the training split's class pixel counts; "
+                "build it through the trainer (a dataset) or use loss=weighted_ce with loss.weights=[...]"
+            )
+        beta = float(options.pop("beta", 0.999))
+        weights = class_weights_from_counts(context.class_pixel_counts(), mode="effective_number", beta=beta)
+        return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=weights.tolist(), **options)

@@ -1,0 +1,93 @@
+"""A weighted sum of registered losses, configured in YAML (e.g. recall + 0.5 * lovasz)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .registry import LossContext, SegmentationLoss, build_loss, register_loss
+
+
+@register_loss("combined")
+class CombinedLoss(SegmentationLoss):
+    """``sum_i weight_i * loss_i(logits, target)`` over terms that are losses of the registry.
+
+    From YAML::
+
+        name: combined
+        terms:
+          - {name: recall, weight: 1.0}
+          - {name: lovasz, weight: 0.5, per_image: false}
+
+    Each term is built with ``build_loss`` and the same ``LossContext``, so terms that need the
+    training split's statistics (weighted_ce, class_balanced) get them, and stateful terms
+    (recall with EMA statistics) keep their state in this module's ``state_dict``. Terms may
+    themselves be ``combined``.
+
+    Args:
+        num_classes: number of classes C.
+        ignore_index: label of pixels that take no part.
+        terms: the built losses.
+        weights: one float per term.
+        names: one name per term, used as the prefix of its ``extra_logs`` keys
+            (``"recall/recall_weight"``); a repeated name gets its position appended.
+
+    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        terms: Sequence[SegmentationLoss],
+        weights: Sequence[float],
+        names: Sequence[str] | None = None,
+        ignore_index: int = 255,
+    ):
+        super().__init__(num_classes, ignore_index)
+        if len(terms) == 0:
+            raise ValueError("loss 'combined' needs at least one term in loss.terms")
+        if len(weights) != len(terms):
+            raise ValueError(f"loss 'combined' got {len(weights)} weights for {len(terms)} terms")
+        names = [type(term).__name__ for term in terms] if names is None else list(names)
+        unique = [name if names.count(name) == 1 else f"{name}{i}" for i, name in enumerate(names)]
+        self.terms = nn.ModuleList(terms)
+        self.weights = [float(w) for w in weights]
+        self.names = unique
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "CombinedLoss":
+        options = dict(options)
+        terms_cfg = options.pop("terms", None)
+        if options:
+            raise TypeError(f"loss 'combined' does not take option(s) {sorted(options)}; it takes ['terms']")
+        if isinstance(terms_cfg, (str, bytes)) or not isinstance(terms_cfg, Sequence) or len(terms_cfg) == 0:
+            raise ValueError(
+                "loss 'combined' needs loss.terms, a non-empty list such as "
+                "[{name: recall, weight: 1.0}, {name: lovasz, weight: 0.5}]"
+            )
+        terms, weights, names = [], [], []
+        for i, term_cfg in enumerate(terms_cfg):
+            if not isinstance(term_cfg, Mapping) or "name" not in term_cfg:
+                raise ValueError(f"loss.terms[{i}] must be a mapping with a 'name' (and optionally 'weight'), got {term_cfg!r}")
+            term_cfg = dict(term_cfg)
+            weights.append(float(term_cfg.pop("weight", 1.0)))
+            names.append(str(term_cfg["name"]))
+            terms.append(build_loss(term_cfg, context))
+        return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, terms=terms, weights=weights, names=names)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = None
+        for weight, term in zip(self.weights, self.terms):
+            value = weight * term(logits, target)
+            total = value if total is None else total + value
+        return total
+
+    def extra_logs(self) -> dict[str, torch.Tensor]:
+        logs = {}
+        for name, term in zip(self.names, self.terms):
+            for key, value in term.extra_logs().items():
+                logs[f"{name}/{key}"] = value
+        return logs
