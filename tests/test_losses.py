@@ -1,0 +1,563 @@
+"""Specification of the losses: each one against an independent float64 oracle, plus the
+identities of recall loss, the authors' defects that must not come back, and the registry.
+
+Oracles here are written from the formulas (Python loops over pixels, float64), never by
+calling the module under test. Gradients of the oracles come from torch.autograd in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from recallseg.losses import LOSSES, LossContext, SegmentationLoss, build_loss, register_loss
+from recallseg.losses.class_weights import class_weights_from_counts
+from recallseg.losses.functional import target_is_top1
+
+IGNORE = 255
+C = 4
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "loss"
+# Pixel counts of an imaginary training split (class 3 never occurs there).
+TRAIN_COUNTS = torch.tensor([5000.0, 800.0, 40.0, 0.0])
+
+
+def context(num_classes: int = C) -> LossContext:
+    return LossContext(num_classes=num_classes, ignore_index=IGNORE, class_pixel_counts=lambda: TRAIN_COUNTS[:num_classes])
+
+
+def make(name: str, **options) -> SegmentationLoss:
+    return build_loss({"name": name, **options}, context())
+
+
+def make_batch(n: int = 2, h: int = 3, w: int = 5, ignore_fraction: float = 0.2, seed: int = 0, scale: float = 2.0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, C, h, w, generator=generator) * scale
+    target = torch.randint(0, C, (n, h, w), generator=generator)
+    target[torch.rand(n, h, w, generator=generator) < ignore_fraction] = IGNORE
+    return logits, target
+
+
+# ---------------------------------------------------------------- oracles (float64, loops)
+
+
+def pixels(logits: torch.Tensor, target: torch.Tensor):
+    """(log-probabilities P x C in float64, labels, image index) of every pixel, ignored ones included."""
+    x = logits.double().permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+    shifted = x - x.max(dim=1, keepdim=True).values.detach()
+    log_probs = shifted - torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
+    labels = target.reshape(-1).tolist()
+    images = [i // (target.shape[1] * target.shape[2]) for i in range(len(labels))]
+    return log_probs, labels, images
+
+
+def zero_of(logits):
+    return logits.double().sum() * 0.0
+
+
+def mean_or_zero(terms, logits):
+    return sum(terms) / len(terms) if terms else zero_of(logits)
+
+
+def ce_oracle(logits, target, label_smoothing=0.0):
+    log_probs, labels, _ = pixels(logits, target)
+    terms = []
+    for i, y in enumerate(labels):
+        if y == IGNORE:
+            continue
+        smooth = -log_probs[i].sum() / log_probs.shape[1]
+        terms.append((1 - label_smoothing) * -log_probs[i, y] + label_smoothing * smooth)
+    return mean_or_zero(terms, logits)
+
+
+def weighted_ce_oracle(logits, target, weights, normalize="weights"):
+    log_probs, labels, _ = pixels(logits, target)
+    total, denominator = zero_of(logits), 0.0
+    for i, y in enumerate(labels):
+        if y == IGNORE:
+            continue
+        total = total + weights[y] * -log_probs[i, y]
+        denominator += weights[y] if normalize == "weights" else 1.0
+    return total / denominator if denominator > 0 else zero_of(logits)
+
+
+def recall_counts(logits, target, soft=False):
+    """[N_c, FN_c] lists; a hit is 'target logit >= every logit' (ties are hits)."""
+    log_probs, labels, _ = pixels(logits.detach(), target)
+    x = logits.detach().double().permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+    totals, misses = [0.0] * C, [0.0] * C
+    for i, y in enumerate(labels):
+        if y == IGNORE:
+            continue
+        totals[y] += 1
+        if soft:
+            misses[y] += 1.0 - math.exp(log_probs[i, y].item())
+        else:
+            misses[y] += 0.0 if all(x[i, y] >= x[i, c] for c in range(C)) else 1.0
+    return totals, misses
+
+
+def recall_from_counts(logits, target, totals, misses):
+    weights = [misses[c] / totals[c] if totals[c] > 0 else 0.0 for c in range(C)]
+    log_probs, labels, _ = pixels(logits, target)
+    terms = [weights[y] * -log_probs[i, y] for i, y in enumerate(labels) if y != IGNORE]
+    return mean_or_zero(terms, logits)
+
+
+def recall_oracle(logits, target, soft=False):
+    return recall_from_counts(logits, target, *recall_counts(logits, target, soft))
+
+
+def focal_oracle(logits, target, gamma, alpha=None):
+    log_probs, labels, _ = pixels(logits, target)
+    terms = []
+    for i, y in enumerate(labels):
+        if y == IGNORE:
+            continue
+        p = torch.exp(log_probs[i, y])
+        weight = 1.0 if alpha is None else alpha[y]
+        terms.append(weight * (1 - p) ** gamma * -log_probs[i, y])
+    return mean_or_zero(terms, logits)
+
+
+def lovasz_class_oracle(probs, labels, c):
+    """Lovász extension of the Jaccard loss of class c, from its set-function definition:
+    Delta(M) = |M| / |gt u M| for the set M of the i pixels with the largest errors."""
+    foreground = [1.0 if y == c else 0.0 for y in labels]
+    errors = [(foreground[i] - probs[i][c]).abs() for i in range(len(labels))]
+    order = sorted(range(len(labels)), key=lambda i: -errors[i].item())
+    gt_count = sum(foreground)
+    loss, previous, non_gt = 0.0, 0.0, 0
+    for k, i in enumerate(order, start=1):
+        non_gt += foreground[i] == 0.0
+        delta = k / (gt_count + non_gt)
+        loss = loss + errors[i] * (delta - previous)
+        previous = delta
+    return loss, gt_count > 0
+
+
+def lovasz_oracle(logits, target, classes="present", per_image=False):
+    log_probs, labels, images = pixels(logits, target)
+    probs = torch.exp(log_probs)
+    groups = sorted(set(images)) if per_image else [None]
+    group_losses = []
+    for group in groups:
+        members = [i for i, y in enumerate(labels) if y != IGNORE and (group is None or images[i] == group)]
+        if not members:
+            continue
+        chosen = []
+        for c in range(C):
+            loss, present = lovasz_class_oracle([probs[i] for i in members], [labels[i] for i in members], c)
+            if classes == "all" or present:
+                chosen.append(loss)
+        group_losses.append(sum(chosen) / len(chosen))
+    return mean_or_zero(group_losses, logits)
+
+
+def ohem_oracle(logits, target, thresh, min_kept):
+    log_probs, labels, _ = pixels(logits, target)
+    losses = {i: -log_probs[i, y] for i, y in enumerate(labels) if y != IGNORE}
+    hardest = sorted((v.item() for v in losses.values()), reverse=True)
+    kth = hardest[min_kept - 1] if 0 < min_kept <= len(hardest) else (-math.inf if min_kept > 0 else math.inf)
+    kept = [v for v in losses.values() if v.item() > -math.log(thresh) or v.item() >= kth]
+    return mean_or_zero(kept, logits)
+
+
+def effective_number_weights(counts, beta):
+    raw = [(1 - beta) / (1 - beta**n) if n > 0 else 0.0 for n in counts]
+    present = [w for w, n in zip(raw, counts) if n > 0]
+    mean = sum(present) / len(present)
+    return [w / mean for w in raw]
+
+
+CB_WEIGHTS = effective_number_weights(TRAIN_COUNTS.tolist(), 0.99)
+
+# (id, config, oracle(logits, target)). Every loss of the registry appears at least once.
+CASES = [
+    ("ce", {"name": "ce"}, ce_oracle),
+    ("ce_smooth", {"name": "ce", "label_smoothing": 0.1}, lambda x, t: ce_oracle(x, t, 0.1)),
+    ("weighted_ce", {"name": "weighted_ce", "weights": [1.0, 2.0, 0.5, 3.0]}, lambda x, t: weighted_ce_oracle(x, t, [1.0, 2.0, 0.5, 3.0])),
+    (
+        "weighted_ce_pixels",
+        {"name": "weighted_ce", "weights": [1.0, 2.0, 0.5, 3.0], "normalize": "pixels"},
+        lambda x, t: weighted_ce_oracle(x, t, [1.0, 2.0, 0.5, 3.0], "pixels"),
+    ),
+    ("recall", {"name": "recall"}, recall_oracle),
+    ("recall_soft", {"name": "recall", "soft": True}, lambda x, t: recall_oracle(x, t, soft=True)),
+    ("recall_ema_first_step", {"name": "recall", "statistics": "ema", "momentum": 0.7}, recall_oracle),
+    ("recall_sync", {"name": "recall", "sync": True}, recall_oracle),
+    ("focal", {"name": "focal", "gamma": 2.0}, lambda x, t: focal_oracle(x, t, 2.0)),
+    (
+        "focal_alpha",
+        {"name": "focal", "gamma": 0.5, "alpha": [0.25, 1.0, 2.0, 0.5]},
+        lambda x, t: focal_oracle(x, t, 0.5, [0.25, 1.0, 2.0, 0.5]),
+    ),
+    ("lovasz", {"name": "lovasz"}, lovasz_oracle),
+    ("lovasz_all", {"name": "lovasz", "classes": "all"}, lambda x, t: lovasz_oracle(x, t, "all")),
+    ("lovasz_per_image", {"name": "lovasz", "per_image": True}, lambda x, t: lovasz_oracle(x, t, per_image=True)),
+    (
+        "lovasz_all_per_image",
+        {"name": "lovasz", "classes": "all", "per_image": True},
+        lambda x, t: lovasz_oracle(x, t, "all", per_image=True),
+    ),
+    ("ohem", {"name": "ohem", "thresh": 0.7, "min_kept": 5}, lambda x, t: ohem_oracle(x, t, 0.7, 5)),
+    ("ohem_min_kept_rules", {"name": "ohem", "thresh": 0.05, "min_kept": 7}, lambda x, t: ohem_oracle(x, t, 0.05, 7)),
+    ("ohem_thresh_only", {"name": "ohem", "thresh": 0.5, "min_kept": 0}, lambda x, t: ohem_oracle(x, t, 0.5, 0)),
+    ("ohem_min_kept_above_pixels", {"name": "ohem", "thresh": 0.05, "min_kept": 1000}, lambda x, t: ohem_oracle(x, t, 0.05, 1000)),
+    ("class_balanced", {"name": "class_balanced", "beta": 0.99}, lambda x, t: weighted_ce_oracle(x, t, CB_WEIGHTS)),
+    (
+        "combined",
+        {"name": "combined", "terms": [{"name": "recall", "weight": 1.0}, {"name": "lovasz", "weight": 0.5}]},
+        lambda x, t: recall_oracle(x, t) + 0.5 * lovasz_oracle(x, t),
+    ),
+    (
+        "combined_nested",
+        {
+            "name": "combined",
+            "terms": [
+                {"name": "focal", "weight": 0.3, "gamma": 1.0},
+                {"name": "combined", "weight": 2.0, "terms": [{"name": "class_balanced", "beta": 0.99}, {"name": "ce"}]},
+            ],
+        },
+        lambda x, t: 0.3 * focal_oracle(x, t, 1.0) + 2.0 * (weighted_ce_oracle(x, t, CB_WEIGHTS) + ce_oracle(x, t)),
+    ),
+]
+CASE_IDS = [case[0] for case in CASES]
+
+BATCHES = {
+    "with_ignore": dict(n=2, ignore_fraction=0.25, seed=1),
+    "no_ignore": dict(n=2, ignore_fraction=0.0, seed=2),
+    "batch_size_1": dict(n=1, h=4, w=6, ignore_fraction=0.2, seed=3),
+}
+
+
+def value_and_grad(loss_fn, logits, target):
+    x = logits.clone().requires_grad_(True)
+    value = loss_fn(x, target)
+    value.backward()
+    return value.detach().double(), x.grad.double()
+
+
+# ---------------------------------------------------------------- every loss against its oracle
+
+
+@pytest.mark.parametrize("batch", list(BATCHES), ids=list(BATCHES))
+@pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
+def test_loss_and_gradient_match_float64_oracle(case_id, cfg, oracle, batch):
+    logits, target = make_batch(**BATCHES[batch])
+    value, grad = value_and_grad(build_loss(cfg, context()), logits, target)
+    expected, expected_grad = value_and_grad(oracle, logits.double(), target)
+    assert torch.isfinite(value)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
+def test_all_ignored_batch_gives_finite_loss_and_zero_gradient(case_id, cfg, oracle):
+    logits, target = make_batch()
+    target.fill_(IGNORE)
+    value, grad = value_and_grad(build_loss(cfg, context()), logits, target)
+    assert torch.isfinite(value)
+    assert value == 0
+    assert torch.count_nonzero(grad) == 0
+
+
+@pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
+def test_ignored_pixels_take_no_part(case_id, cfg, oracle):
+    """Label 255 does not crash, and whatever the logits of ignored pixels, the loss and the
+    other pixels' gradients stay the same (the mean excludes them)."""
+    logits, target = make_batch(ignore_fraction=0.3, seed=4)
+    ignored = (target == IGNORE).unsqueeze(1).expand_as(logits)
+    scrambled = torch.where(ignored, torch.randn_like(logits) * 50, logits)
+    value, grad = value_and_grad(build_loss(cfg, context()), logits, target)
+    value2, grad2 = value_and_grad(build_loss(cfg, context()), scrambled, target)
+    torch.testing.assert_close(value, value2)
+    torch.testing.assert_close(grad, grad2)
+    assert torch.count_nonzero(grad[ignored]) == 0
+
+
+@pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
+def test_absent_class_gives_no_nan_or_inf(case_id, cfg, oracle):
+    logits, target = make_batch(seed=5)
+    target[target == 3] = 1  # class 3 is absent from the batch (and from TRAIN_COUNTS)
+    value, grad = value_and_grad(build_loss(cfg, context()), logits, target)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+
+def test_lovasz_matches_segmentation_models_pytorch():
+    """A second, external oracle for the default options (present classes, whole batch)."""
+    from segmentation_models_pytorch.losses import LovaszLoss as SmpLovasz
+
+    logits, target = make_batch(n=2, h=6, w=7, seed=6)
+    for per_image in (False, True):
+        ours = make("lovasz", per_image=per_image)(logits, target)
+        theirs = SmpLovasz("multiclass", per_image=per_image, ignore_index=IGNORE)(logits, target)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_ohem_ranks_hardest_pixels_over_the_whole_batch():
+    """min_kept picks the hardest pixels of the batch, wherever they are (not per row or image)."""
+    logits = torch.full((2, C, 1, 3), 0.0)
+    logits[:, 0] = 10.0  # class 0 predicted everywhere with p ~ 1
+    target = torch.zeros(2, 1, 3, dtype=torch.long)
+    target[1, 0, 2] = 2  # the one hard pixel, in the second image
+    target[0, 0, 1] = 1  # a second hard pixel, in the first image
+    loss = make("ohem", thresh=1e-9, min_kept=2)(logits, target)
+    expected = F.cross_entropy(logits, target, reduction="none")[[1, 0], 0, [2, 1]].mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy():
+    logits, target = make_batch(seed=7)
+    torch.testing.assert_close(make("focal", gamma=0.0)(logits, target), make("ce")(logits, target))
+
+
+# ---------------------------------------------------------------- recall loss identities
+
+
+def test_recall_with_every_prediction_wrong_equals_cross_entropy():
+    logits, target = make_batch(ignore_fraction=0.2, seed=8)
+    valid = target != IGNORE
+    safe = torch.where(valid, target, 0)
+    # Push every target logit strictly below another class's logit.
+    onehot = F.one_hot(safe, C).permute(0, 3, 1, 2).bool()
+    logits = torch.where(onehot, logits.amin(dim=1, keepdim=True) - 1.0, logits)
+    loss = make("recall")
+    torch.testing.assert_close(loss(logits, target), make("ce")(logits, target))
+    assert torch.equal(loss.extra_logs()["recall_weight"], torch.ones(C))
+
+
+def test_recall_with_equal_false_negatives_is_inverse_frequency_weighted_ce_times_constant():
+    """With FN_c = F for every class, w_c = F / N_c, and
+
+        recall = 1/N sum_n F/N_{y_n} CE_n
+        inverse-frequency weighted CE (PyTorch's weighted mean) = sum_n CE_n/N_{y_n} / sum_n 1/N_{y_n}
+                                                              = sum_n CE_n/N_{y_n} / K
+
+    with K the number of classes present, so recall = (F * K / N) * weighted CE."""
+    # 1 image, 1 row: class c has N_c = 2, 3, 5, 6 pixels; exactly F = 2 misses in each class.
+    counts, misses = [2, 3, 5, 6], 2
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    target = torch.cat([labels, torch.tensor([IGNORE, IGNORE])]).view(1, 1, -1)
+    generator = torch.Generator().manual_seed(9)
+    logits = torch.randn(1, C, 1, target.shape[-1], generator=generator)
+    for c, n in enumerate(counts):
+        positions = (target[0, 0] == c).nonzero().flatten()
+        for k, p in enumerate(positions.tolist()):
+            wrong_class = (c + 1) % C
+            logits[0, c, 0, p] = 5.0 if k >= misses else -5.0
+            logits[0, wrong_class, 0, p] = 0.0 if k >= misses else 5.0
+    recall = make("recall")
+    value = recall(logits, target)
+    assert torch.allclose(recall.extra_logs()["recall_weight"], misses / torch.tensor(counts, dtype=torch.float32))
+    inverse = class_weights_from_counts(counts, mode="inverse")
+    weighted = make("weighted_ce", weights=inverse.tolist())(logits, target)
+    n_pixels, n_classes = sum(counts), len(counts)
+    factor = misses * n_classes / n_pixels
+    torch.testing.assert_close(value, factor * weighted)
+
+
+def test_recall_weights_carry_no_gradient():
+    logits, target = make_batch(seed=10)
+    for soft in (False, True):
+        loss = make("recall", soft=soft)
+        x = logits.clone().requires_grad_(True)
+        loss(x, target).backward()
+        assert not loss.extra_logs()["recall_weight"].requires_grad
+        # The gradient is that of sum_n w[y_n] CE_n / N with w held constant.
+        totals, misses = recall_counts(logits, target, soft=soft)
+        weights = torch.tensor([m / t if t else 0.0 for t, m in zip(totals, misses)], dtype=torch.float64)
+        x64 = logits.double().requires_grad_(True)
+        valid = target != IGNORE
+        nll = F.cross_entropy(x64, target, ignore_index=IGNORE, reduction="none")
+        (weights[torch.where(valid, target, 0)] * nll).sum().div(valid.sum()).backward()
+        torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_class_without_misses_gets_weight_zero_and_absent_class_weight_zero():
+    """The authors' counters start at 1, which gives a perfect class weight 1/N_c instead of 0."""
+    logits, target = make_batch(ignore_fraction=0.1, seed=11)
+    target[target == 3] = 2  # class 3 absent
+    class0 = (target == 0).unsqueeze(1)
+    boost = torch.zeros_like(logits)
+    boost[:, 0] = 100.0
+    logits = torch.where(class0, logits + boost, logits)  # every class-0 pixel is a hit
+    loss = make("recall")
+    loss(logits, target)
+    weights = loss.extra_logs()["recall_weight"]
+    assert weights[0] == 0 and weights[3] == 0
+    assert torch.isfinite(weights).all()
+    assert loss.extra_logs()["batch_recall"][0] == 1
+
+
+def test_ties_between_target_and_another_class_count_as_hits():
+    """The documented tie rule: a pixel is a hit when its target logit equals the maximum,
+    even where argmax's first-index rule would pick another class."""
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 1.0, 5.0, 5.0]]).T.reshape(1, C, 1, 3)
+    target = torch.tensor([[[2, 3, 3]]])
+    assert target_is_top1(logits, target).tolist() == [[[True, True, True]]]
+    assert logits.argmax(dim=1).ne(target).all()  # argmax would call all three misses
+    assert target_is_top1(logits, torch.tensor([[[0, 0, 1]]])).tolist() == [[[False, True, False]]]
+    loss = make("recall")
+    loss(logits, target)
+    weights = loss.extra_logs()["recall_weight"]
+    assert weights[2] == 0 and weights[3] == 0
+
+
+def test_ema_state_is_in_state_dict_and_updates_as_momentum_blend():
+    momentum = 0.6
+    loss = make("recall", statistics="ema", momentum=momentum)
+    assert {"ema_counts", "seen"} <= set(loss.state_dict())
+    batches = [make_batch(seed=s, ignore_fraction=0.2) for s in (20, 21, 22)]
+    state = None
+    for logits, target in batches:
+        batch = torch.tensor(recall_counts(logits, target), dtype=torch.float64)
+        state = batch if state is None else momentum * state + (1 - momentum) * batch
+        value = loss(logits, target)
+        torch.testing.assert_close(loss.state_dict()["ema_counts"].double(), state, rtol=1e-6, atol=1e-6)
+        expected = recall_from_counts(logits.double(), target, state[0].tolist(), state[1].tolist())
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+    # A fresh loss restored from the state dict continues from the same statistics; eval does not update.
+    restored = make("recall", statistics="ema", momentum=momentum)
+    restored.load_state_dict(loss.state_dict())
+    restored.eval()
+    logits, target = make_batch(seed=23)
+    value = restored(logits, target)
+    torch.testing.assert_close(restored.ema_counts.double(), state, rtol=1e-6, atol=1e-6)
+    expected = recall_from_counts(logits.double(), target, state[0].tolist(), state[1].tolist())
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sync_without_process_group_is_a_no_op():
+    logits, target = make_batch(seed=12)
+    plain, plain_grad = value_and_grad(make("recall"), logits, target)
+    synced, synced_grad = value_and_grad(make("recall", sync=True), logits, target)
+    assert torch.equal(plain, synced) and torch.equal(plain_grad, synced_grad)
+
+
+def test_soft_recall_uses_target_probabilities():
+    logits, target = make_batch(seed=13)
+    loss = make("recall", soft=True)
+    loss(logits, target)
+    totals, misses = recall_counts(logits, target, soft=True)
+    expected = torch.tensor([m / t if t else 0.0 for t, m in zip(totals, misses)], dtype=torch.float32)
+    torch.testing.assert_close(loss.extra_logs()["recall_weight"], expected)
+
+
+# ---------------------------------------------------------------- combined, configs, registry
+
+
+def test_combined_merges_terms_logs_with_prefixes_and_keeps_term_state():
+    loss = make(
+        "combined",
+        terms=[{"name": "recall", "weight": 1.0, "statistics": "ema"}, {"name": "lovasz", "weight": 0.5}, {"name": "recall"}],
+    )
+    logits, target = make_batch(seed=14)
+    loss(logits, target)
+    assert set(loss.extra_logs()) == {
+        "recall0/recall_weight",
+        "recall0/batch_recall",
+        "recall2/recall_weight",
+        "recall2/batch_recall",
+    }
+    assert "terms.0.ema_counts" in loss.state_dict()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_loss_yaml_builds_and_runs(path):
+    cfg = OmegaConf.load(path)
+    loss = build_loss(cfg, context())
+    logits, target = make_batch(seed=15)
+    value, grad = value_and_grad(loss, logits, target)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    assert set(LOSSES) >= {"ce", "weighted_ce", "recall", "focal", "lovasz", "ohem", "class_balanced", "combined"}
+
+
+def test_build_loss_rejects_unknown_names_with_the_registered_list():
+    with pytest.raises(KeyError, match="unknown loss 'recal'.*registered losses"):
+        make("recal")
+    with pytest.raises(KeyError, match="unknown loss"):
+        make("combined", terms=[{"name": "nope"}])
+
+
+@pytest.mark.parametrize("name", ["ce", "recall", "focal", "lovasz", "ohem", "class_balanced", "combined"])
+def test_build_loss_rejects_unknown_options_naming_them(name):
+    options = {"terms": [{"name": "ce"}]} if name == "combined" else {}
+    with pytest.raises(TypeError, match=f"loss '{name}' does not take option.*gama"):
+        make(name, gama=2.0, **options)
+
+
+def test_build_loss_rejects_unknown_weighted_ce_option():
+    with pytest.raises(TypeError, match="gama"):
+        make("weighted_ce", weights=[1.0] * C, gama=2.0)
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"name": "recall", "statistics": "running"}, "statistics"),
+        ({"name": "focal", "gamma": -1.0}, "gamma"),
+        ({"name": "focal", "alpha": [1.0, 2.0]}, "alpha"),
+        ({"name": "lovasz", "classes": "some"}, "classes"),
+        ({"name": "ohem", "thresh": 0.0}, "thresh"),
+        ({"name": "ohem", "min_kept": -1}, "min_kept"),
+        ({"name": "combined", "terms": []}, "terms"),
+        ({"name": "combined", "terms": [{"weight": 1.0}]}, "name"),
+    ],
+)
+def test_invalid_option_values_are_explained(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        build_loss(cfg, context())
+
+
+def test_class_balanced_needs_training_statistics():
+    with pytest.raises(ValueError, match="training split"):
+        build_loss({"name": "class_balanced"}, LossContext(num_classes=C))
+
+
+def test_user_registered_loss_works_through_build_loss():
+    @register_loss("test_scaled_ce")
+    class ScaledCrossEntropy(SegmentationLoss):
+        def __init__(self, num_classes, ignore_index=255, scale=1.0):
+            super().__init__(num_classes, ignore_index)
+            self.scale = scale
+
+        def forward(self, logits, target):
+            return self.scale * F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+
+    try:
+        logits, target = make_batch(seed=16)
+        loss = build_loss({"name": "test_scaled_ce", "scale": 3.0}, context())
+        torch.testing.assert_close(loss(logits, target), 3.0 * make("ce")(logits, target))
+        combined = make("combined", terms=[{"name": "test_scaled_ce", "weight": 0.5, "scale": 2.0}])
+        torch.testing.assert_close(combined(logits, target), make("ce")(logits, target))
+        with pytest.raises(ValueError, match="already registered"):
+            register_loss("test_scaled_ce")(type("Other", (SegmentationLoss,), {}))
+    finally:
+        LOSSES.pop("test_scaled_ce", None)
+
+
+# ---------------------------------------------------------------- no host-device sync on CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
+def test_loss_runs_without_host_device_sync_on_cuda(case_id, cfg, oracle):
+    logits, target = make_batch(n=2, h=16, w=16, seed=17)
+    logits, target = logits.cuda().requires_grad_(True), target.cuda()
+    build_loss(cfg, context()).cuda()(logits, target).backward()  # warm-up: lazy initialisation may sync once
+    torch.cuda.synchronize()
+    loss = build_loss(cfg, context()).cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        value = loss(logits, target)
+        value.backward()
+        loss(logits, target).backward()  # a second step (EMA statistics take their other branch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = build_loss(cfg, context())(logits.detach().cpu(), target.cpu())
+    torch.testing.assert_close(value.detach().cpu(), expected, rtol=1e-4, atol=1e-5)
