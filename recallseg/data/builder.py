@@ -5,8 +5,12 @@ argument, except the reserved keys below, which the builder consumes:
 
 - ``train_transform`` / ``val_transform``: transform specs (see ``transforms.py``);
 - ``split``: the split that evaluation scores (``val`` by default, ``test`` possible);
-- ``train_split`` / ``val_split``: the splits that training uses and validates on (``train``, ``val``);
-- ``stats_file``: a class statistics JSON (``scripts/class_stats.py``) to use instead of computing counts.
+- ``train_split``: the split that training uses (``train`` by default);
+- ``cache``: true to keep decoded frames in a memory-mapped cache (see ``cache.py``);
+- ``cache_dir``: where the cache lives (``$RECALLSEG_CACHE`` or ``.cache/recallseg``);
+- ``size_divisor``: the model's output stride (e.g. 32): fixed crop/resize sizes must be
+  multiples of it, and a pipeline with a frame-dependent output size is padded to one
+  (image with 0, mask with the dataset's ignore index).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from .base import SegmentationDataset
+from .cache import CachedDataset
 from .transforms import build_transform
 
-RESERVED_KEYS = ("_target_", "train_transform", "val_transform", "split", "train_split", "val_split", "stats_file")
+RESERVED_KEYS = ("_target_", "train_transform", "val_transform", "split", "train_split", "cache", "cache_dir", "size_divisor")
 
 
 def dataset_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,7 +38,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str, train: bool | None = None,
     """Instantiate the dataset of ``cfg`` for ``split``.
 
     ``train`` picks the transform pipeline (train or val); by default it is ``split == train_split``.
-    Pass ``transform=None`` for raw samples (statistics, checks).
+    Pass ``transform=None`` for raw samples (statistics, checks). With ``cache: true`` the
+    dataset is wrapped in a ``CachedDataset`` and the transform runs after the cache.
     """
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
@@ -41,7 +47,24 @@ def build_dataset(cfg: Mapping[str, Any], split: str, train: bool | None = None,
         raise ValueError(f"dataset config has no _target_ naming the dataset class: {cfg}")
     if train is None:
         train = split == cfg.get("train_split", "train")
-    if transform == "auto":
-        transform = build_transform(cfg.get("train_transform" if train else "val_transform"))
+    options = dataset_options(cfg)
+    size_divisor = cfg.get("size_divisor")
+    resize = options.get("resize")
+    if size_divisor and resize is not None and any(int(v) % int(size_divisor) for v in resize):
+        raise ValueError(
+            f"dataset.resize {list(resize)} is not divisible by {size_divisor} (dataset.size_divisor, the model's output "
+            f"stride): use multiples of {size_divisor}, e.g. [{_round_to(resize[0], size_divisor)}, {_round_to(resize[1], size_divisor)}]"
+        )
     cls = get_class(cfg["_target_"])
-    return cls(split=split, transform=transform, **dataset_options(cfg))
+    dataset = cls(split=split, transform=None, **options)
+    if cfg.get("cache", False):
+        dataset = CachedDataset(dataset, cfg.get("cache_dir"))
+    if transform == "auto":
+        key = "train_transform" if train else "val_transform"
+        transform = build_transform(cfg.get(key), size_divisor=size_divisor, ignore_index=dataset.ignore_index, where=f"dataset.{key}")
+    dataset.transform = transform
+    return dataset
+
+
+def _round_to(value: int, divisor: int) -> int:
+    return max(int(round(int(value) / int(divisor))), 1) * int(divisor)
