@@ -5,7 +5,8 @@ argument, except the reserved keys below, which the builder consumes:
 
 - ``train_transform`` / ``val_transform``: transform specs (see ``transforms.py``);
 - ``split``: the split that evaluation scores (``val`` by default, ``test`` possible);
-- ``train_split``: the split that training uses (``train`` by default);
+- ``train_split`` / ``val_split``: the splits that training uses and validates on (``train``, ``val``);
+- ``stats_file``: class statistics JSON (``scripts/class_stats.py``) used instead of computing counts;
 - ``cache``: true to keep decoded frames in a memory-mapped cache (see ``cache.py``);
 - ``cache_dir``: where the cache lives (``$RECALLSEG_CACHE`` or ``.cache/recallseg``);
 - ``size_divisor``: the model's output stride (e.g. 32): fixed crop/resize sizes must be
@@ -24,7 +25,9 @@ from .base import SegmentationDataset
 from .cache import CachedDataset
 from .transforms import build_transform
 
-RESERVED_KEYS = ("_target_", "train_transform", "val_transform", "split", "train_split", "cache", "cache_dir", "size_divisor")
+RESERVED_KEYS = (
+    "_target_", "train_transform", "val_transform", "split", "train_split", "val_split", "stats_file", "cache", "cache_dir", "size_divisor",
+)
 
 
 def dataset_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
