@@ -1,0 +1,150 @@
+"""Building blocks of the trainer: schedule, data stream, normalisation, checkpoints, model errors."""
+
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from recallseg.data.loading import TrainingStream
+from recallseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from recallseg.engine.optim import build_optimizer, build_scheduler, lr_factor
+from recallseg.engine.runtime import Normalizer, Runtime, resolve_amp
+from recallseg.losses import class_weights_from_counts
+from recallseg.models import build_model
+
+
+def test_poly_schedule_with_warmup_matches_formula():
+    assert lr_factor(0, 100, "poly", power=0.9) == 1.0
+    assert lr_factor(50, 100, "poly", power=0.9) == pytest.approx(0.5**0.9)
+    assert lr_factor(100, 100, "poly") == 0.0
+    # warmup multiplies: linear from warmup_ratio at 0 to 1 at warmup_iters
+    assert lr_factor(0, 100, "poly", warmup_iters=10, warmup_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(5, 100, "constant", warmup_iters=10, warmup_ratio=0.1) == pytest.approx(0.55)
+    assert lr_factor(10, 100, "constant", warmup_iters=10) == 1.0
+    with pytest.raises(ValueError, match="poly or constant"):
+        lr_factor(0, 10, "cosine")
+
+
+def test_scheduler_steps_per_iteration():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True}, params, torch.device("cpu"))
+    sched = build_scheduler({"name": "poly", "power": 1.0}, opt, max_iters=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1, 0.075, 0.05, 0.025])
+    assert opt.param_groups[0]["nesterov"] is True
+
+
+def test_training_stream_resumes_at_any_sample_and_shards_disjointly():
+    full = list(itertools.islice(iter(TrainingStream(10, seed=1)), 35))
+    resumed = list(itertools.islice(iter(TrainingStream(10, seed=1, start=17)), 18))
+    assert resumed == full[17:]
+    first_epoch = sorted(index for index, _ in full[:10])
+    assert first_epoch == list(range(10))  # an epoch is a permutation
+    assert [i for i, _ in full[:10]] != [i for i, _ in full[10:20]]  # reshuffled per epoch
+    rank0 = [i for i, _ in itertools.islice(iter(TrainingStream(10, seed=1, rank=0, world_size=2)), 5)]
+    rank1 = [i for i, _ in itertools.islice(iter(TrainingStream(10, seed=1, rank=1, world_size=2)), 5)]
+    assert sorted(rank0 + rank1) == list(range(10))
+    with pytest.raises(ValueError, match="empty"):
+        TrainingStream(0, seed=0)
+
+
+def test_normalizer_matches_reference_and_can_be_channels_last():
+    images = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    expected = (images.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    for channels_last in (False, True):
+        out = Normalizer(mean, std, Runtime(torch.device("cpu"), None, channels_last))(images)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_amp_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        resolve_amp("fp16", cpu)
+    with pytest.raises(ValueError, match="trainer.amp"):
+        resolve_amp("fp8", cpu)
+
+
+def test_class_weights_modes_match_hand_computation():
+    counts = [600, 300, 100, 0]
+    inverse = class_weights_from_counts(counts, "inverse")
+    raw = torch.tensor([1 / 0.6, 1 / 0.3, 1 / 0.1], dtype=torch.float64)
+    torch.testing.assert_close(inverse[:3].double(), raw / raw.mean(), rtol=1e-6, atol=1e-6)
+    assert inverse[3] == 0  # absent class: weight 0, not inf
+    median = class_weights_from_counts(counts, "median")
+    raw = torch.tensor([0.3 / 0.6, 1.0, 0.3 / 0.1], dtype=torch.float64)
+    torch.testing.assert_close(median[:3].double(), raw / raw.mean(), rtol=1e-6, atol=1e-6)
+    beta = 0.99
+    effective = class_weights_from_counts(counts, "effective_number", beta=beta)
+    raw = torch.tensor([(1 - beta) / (1 - beta**n) for n in counts[:3]], dtype=torch.float64)
+    torch.testing.assert_close(effective[:3].double(), raw / raw.mean(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown class weight mode"):
+        class_weights_from_counts(counts, "sqrt")
+
+
+def test_checkpoint_roundtrip_and_atomic_replace(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "iteration": 3, "config": {"a": [1, 2]}}, path)
+    state = load_checkpoint(path)
+    assert state["iteration"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_checkpoint_with_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "recallseg-checkpoint", "model": _Payload(str(marker))}, evil)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a recallseg checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_default_model_is_deeplabv3plus_resnet18_at_stride_16():
+    cfg = {"arch": "DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": None, "encoder_output_stride": 16, "mean": [0] * 3, "std": [1] * 3}
+    model = build_model(cfg, num_classes=5).eval()
+    assert type(model).__name__ == "DeepLabV3Plus"
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 96))
+    assert out.shape == (1, 5, 64, 96)
+    # output stride 16: the last encoder stage is dilated, its feature map is 1/16 of the input
+    features = model.encoder(torch.zeros(1, 3, 64, 96))
+    assert features[-1].shape[-2:] == (4, 6)
+
+
+def test_unreachable_encoder_weights_give_a_message_that_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(RuntimeError) as info:
+        build_model({"arch": "DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": "imagenet"}, 3)
+    message = str(info.value)
+    assert "model.encoder_weights=null" in message and "pre-download" in message and "resnet18" in message
