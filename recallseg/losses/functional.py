@@ -54,3 +54,26 @@ def target_is_top1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     target_logit = logits.gather(1, target.unsqueeze(1)).squeeze(1)
     return target_logit >= logits.amax(dim=1)
+
+
+def target_is_top1_from_log_probs(log_probs: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+    """``target_is_top1`` for a caller that already holds ``log_softmax`` output and the per-pixel NLL.
+
+    ``-nll`` is the target's log-probability, so no gather over the logits is needed (on CPU
+    that gather costs more than the rest of the hit test). ``log_softmax`` subtracts one
+    constant per pixel, which keeps exact ties tied and keeps the order; only logits closer
+    than float32 rounding of the log-probabilities become ties, and ties count as hits.
+    """
+    return -nll >= log_probs.amax(dim=1)
+
+
+def class_totals_and_misses(labels: torch.Tensor, miss: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class pixel counts ``N_c`` and miss counts ``FN_c`` (float32) in one ``class_sums`` pass.
+
+    Pixel n goes to bin ``labels_n + (C + 1) * miss_n``: one integer count over 2C + 1 bins
+    instead of a count plus a weighted count. As in ``class_sums``, label ``C`` marks ignored
+    pixels and falls out (bins C and 2C + 1).
+    """
+    bins = class_sums(labels + (num_classes + 1) * miss.to(labels.dtype), None, 2 * num_classes + 1)
+    misses = bins[num_classes + 1 :]
+    return bins[:num_classes] + misses, misses
