@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from recallseg.losses import LOSSES, LossContext, SegmentationLoss, build_loss, register_loss
 from recallseg.losses.class_weights import class_weights_from_counts
-from recallseg.losses.functional import target_is_top1
+from recallseg.losses.functional import class_totals_and_misses, target_is_top1, target_is_top1_from_log_probs
 
 IGNORE = 255
 C = 4
@@ -406,6 +406,26 @@ def test_ties_between_target_and_another_class_count_as_hits():
     loss(logits, target)
     weights = loss.extra_logs()["recall_weight"]
     assert weights[2] == 0 and weights[3] == 0
+
+
+def test_hit_test_on_log_probabilities_keeps_ties_of_bf16_logits():
+    """Recall loss tests hits on log_softmax output (-nll >= max log-prob); with bf16 logits,
+    where ties are common, it must agree with the rule on the logits."""
+    generator = torch.Generator().manual_seed(18)
+    logits = (10.0 + 0.2 * torch.randn(2, C, 8, 8, generator=generator)).to(torch.bfloat16).float()  # steps of 1/16
+    target = torch.randint(0, C, (2, 8, 8), generator=generator)
+    log_probs = F.log_softmax(logits, dim=1)
+    nll = F.nll_loss(log_probs, target, reduction="none")
+    by_logits = target_is_top1(logits, target)
+    assert (by_logits & logits.argmax(dim=1).ne(target)).any(), "the batch should contain ties"
+    assert torch.equal(target_is_top1_from_log_probs(log_probs, nll), by_logits)
+
+
+def test_class_totals_and_misses_count_in_one_pass():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, C, C])  # C marks ignored pixels
+    miss = torch.tensor([True, False, True, False, True, True, True, False])
+    totals, misses = class_totals_and_misses(labels, miss, C)
+    assert totals.tolist() == [2, 1, 3, 0] and misses.tolist() == [1, 1, 2, 0]
 
 
 def test_ema_state_is_in_state_dict_and_updates_as_momentum_blend():

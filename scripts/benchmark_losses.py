@@ -1,0 +1,198 @@
+"""Time forward + backward of every loss against cross entropy, on CPU and (if present) CUDA.
+
+    python scripts/benchmark_losses.py                       # 4x16x192x384, CPU (+ CUDA)
+    python scripts/benchmark_losses.py --device cpu --repeats 5 --json outputs/loss_benchmark.json
+
+Prints one table per device (median ms per forward + backward, and the ratio to CE measured
+in the same run) and writes JSON. Losses are timed round-robin, one repeat of each in turn,
+so a drift in machine load hits every loss alike. Issue 7's target: recall <= 1.3x CE on CPU
+at 4x16x192x384.
+
+`authors_recall_reference` is NOT a recallseg loss: it re-creates, for benchmarking only, the
+behaviour of the paper authors' recall loss as paper.md describes it (argmax predictions,
+torch.unique and boolean-mask indexing each step, counters starting at 1, mean over all
+pixels), so its cost can be compared with ours on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recallseg.losses import LossContext, build_loss  # noqa: E402
+
+IGNORE = 255
+
+CONFIGS = {
+    "ce": {"name": "ce"},
+    "weighted_ce": {"name": "weighted_ce", "mode": "median"},
+    "class_balanced": {"name": "class_balanced", "beta": 0.9999},
+    "recall": {"name": "recall"},
+    "recall_ema": {"name": "recall", "statistics": "ema"},
+    "recall_soft": {"name": "recall", "soft": True},
+    "focal": {"name": "focal", "gamma": 2.0},
+    "ohem": {"name": "ohem", "thresh": 0.7, "min_kept": 100000},
+    "lovasz": {"name": "lovasz"},
+    "recall_lovasz": {"name": "combined", "terms": [{"name": "recall", "weight": 1.0}, {"name": "lovasz", "weight": 0.5}]},
+}
+
+
+class AuthorsRecallLossReference(nn.Module):
+    """Reference for benchmarking only, written from the description in paper.md; not for training.
+
+    Reproduces the costly steps of the authors' recall loss: argmax over classes, torch.unique
+    over the labels and over the missed labels (each a host-device sync), boolean-mask
+    indexing, counters that start at 1, and a mean over every pixel, ignored ones included.
+    Their code indexes the weights with label 255 and crashes; here ignored labels are
+    clamped into range so the benchmark runs, and the ignore label's count is moved onto
+    the second label present, as their workaround does.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE):
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def _counter(self, labels: torch.Tensor) -> torch.Tensor:
+        counter = torch.ones(self.num_classes, device=labels.device)
+        present, counts = torch.unique(labels, return_counts=True)
+        is_ignore = present == self.ignore_index
+        if is_ignore.any():  # host sync, as in their code
+            counts = counts.clone()
+            counts[is_ignore] = counts[1] if counts.numel() > 1 else counts[0]
+            present = torch.where(is_ignore, torch.ones_like(present), present)
+        counter[present] = counts.float()
+        return counter
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prediction = logits.argmax(dim=1)
+        missed = (prediction != target).view(-1)
+        total_counter = self._counter(target.reshape(-1))
+        miss_counter = self._counter(target.reshape(-1)[missed])
+        weight = miss_counter / total_counter
+        per_pixel = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
+        return (weight[target.clamp(max=self.num_classes - 1)] * per_pixel).mean()
+
+
+def make_batch(shape: tuple[int, int, int, int], ignore_fraction: float, device: torch.device, seed: int = 0):
+    n, c, h, w = shape
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, h, w, generator=generator) * 2.0
+    # Skewed labels, as in segmentation: class c has probability ~ 1 / (c + 1).
+    probabilities = 1.0 / torch.arange(1, c + 1, dtype=torch.float64)
+    target = torch.multinomial(probabilities / probabilities.sum(), n * h * w, replacement=True, generator=generator).view(n, h, w)
+    target[torch.rand(n, h, w, generator=generator) < ignore_fraction] = IGNORE
+    return logits.to(device), target.to(device)
+
+
+def build_all(names: list[str], num_classes: int, counts: torch.Tensor, device: torch.device) -> dict[str, nn.Module]:
+    context = LossContext(num_classes=num_classes, ignore_index=IGNORE, class_pixel_counts=lambda: counts)
+    losses = {name: build_loss(CONFIGS[name], context) for name in names if name in CONFIGS}
+    if "authors_recall_reference" in names:
+        losses["authors_recall_reference"] = AuthorsRecallLossReference(num_classes)
+    return {name: loss.to(device).train() for name, loss in losses.items()}
+
+
+def time_once(loss: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> float:
+    x = logits.detach().requires_grad_(True)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    loss(x, target).backward()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def benchmark(device: torch.device, args) -> dict:
+    logits, target = make_batch(tuple(args.shape), args.ignore_fraction, device)
+    valid = target[target != IGNORE].cpu()
+    counts = torch.bincount(valid, minlength=args.shape[1]).double()
+    losses = build_all(args.losses, args.shape[1], counts, device)
+    times: dict[str, list[float]] = {name: [] for name in losses}
+    for name, loss in losses.items():
+        for _ in range(args.warmup):
+            time_once(loss, logits, target)
+    for _ in range(args.repeats):
+        for name, loss in losses.items():
+            times[name].append(time_once(loss, logits, target))
+    baseline = statistics.median(times["ce"]) if "ce" in times else float("nan")
+    rows = []
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        rows.append({"loss": name, "median_ms": median, "min_ms": min(samples), "ratio_to_ce": median / baseline, "samples_ms": samples})
+    return {"device": str(device), "device_name": device_name(device), "rows": rows}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['device']} ({result['device_name']})")
+    print(f"| {'loss':<26} | {'median ms':>10} | {'min ms':>9} | {'x CE':>6} |")
+    print(f"|{'-' * 28}|{'-' * 12}|{'-' * 11}|{'-' * 8}|")
+    for row in result["rows"]:
+        print(f"| {row['loss']:<26} | {row['median_ms']:>10.1f} | {row['min_ms']:>9.1f} | {row['ratio_to_ce']:>6.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", type=int, nargs=4, default=[4, 16, 192, 384], metavar=("N", "C", "H", "W"))
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="all: CPU, and CUDA when available")
+    parser.add_argument("--losses", nargs="+", default=list(CONFIGS) + ["authors_recall_reference"])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--ignore-fraction", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the CPU run")
+    parser.add_argument("--json", type=Path, default=Path("outputs/loss_benchmark.json"))
+    args = parser.parse_args()
+    if "ce" not in args.losses:
+        args.losses = ["ce", *args.losses]
+    unknown = [name for name in args.losses if name not in CONFIGS and name != "authors_recall_reference"]
+    if unknown:
+        parser.error(f"unknown loss(es) {unknown}; choose from {list(CONFIGS) + ['authors_recall_reference']}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append(torch.device("cpu"))
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    elif args.device == "cuda":
+        parser.error("--device cuda but CUDA is not available")
+
+    report = {
+        "shape": args.shape,
+        "ignore_fraction": args.ignore_fraction,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "results": [],
+    }
+    for device in devices:
+        result = benchmark(device, args)
+        print_table(result)
+        report["results"].append(result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
