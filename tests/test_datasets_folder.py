@@ -1,0 +1,110 @@
+"""FolderDataset: the user's own images and masks, paired by stem."""
+
+import numpy as np
+import pytest
+
+from dataset_trees import make_folder, write_array, write_rgb
+from recallseg.data.folder import FolderDataset
+from recallseg.data.io import DatasetError
+
+
+@pytest.mark.parametrize("layout", ["subdirs", "lists"])
+def test_both_split_layouts_pair_images_and_masks_by_stem(tmp_path, layout):
+    written = make_folder(tmp_path, layout=layout)
+    for split in ("train", "val"):
+        ds = FolderDataset(tmp_path, split)
+        assert ds.classes == ["background", "road", "car"] and ds.palette[1] == (128, 64, 128) and ds.ignore_index == 255
+        assert len(ds) == len(written[split])
+        for index, (stem, mask) in enumerate(written[split]):
+            assert ds.samples[index].image.stem == stem
+            image, loaded = ds[index]
+            assert image.dtype == np.uint8 and loaded.dtype == np.int64 and np.array_equal(loaded, mask)
+
+
+def test_classes_yaml_with_names_and_colours(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "classes.yaml").write_text("classes:\n  - {name: bg, color: [0, 0, 0]}\n  - {name: road, color: [1, 2, 3]}\n  - {name: car, color: [4, 5, 6]}\n")
+    ds = FolderDataset(tmp_path, "train")
+    assert ds.classes == ["bg", "road", "car"] and ds.palette[2] == (4, 5, 6)
+
+
+def test_a_configurable_ignore_index(tmp_path):
+    written = make_folder(tmp_path, ignore_index=100)
+    ds = FolderDataset(tmp_path, "train", ignore_index=100)
+    assert np.array_equal(ds[0][1], written["train"][0][1])
+    with pytest.raises(DatasetError, match="100"):  # 100 is not a class under the default ignore index
+        FolderDataset(tmp_path, "train")[0]
+
+
+def test_a_missing_classes_file_explains_the_format(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "classes.yaml").unlink()
+    with pytest.raises(DatasetError, match="(?s)classes file not found.*classes: \\["):
+        FolderDataset(tmp_path, "train")
+
+
+def test_an_unknown_split_shows_both_layouts(tmp_path):
+    make_folder(tmp_path)
+    with pytest.raises(DatasetError, match="neither a subdirectory") as error:
+        FolderDataset(tmp_path, "test")
+    assert "SPLIT.txt" in str(error.value) and "images/" in str(error.value)
+
+
+def test_an_empty_root_shows_the_expected_layout(tmp_path):
+    (tmp_path / "classes.yaml").write_text("classes: [a, b]\n")
+    with pytest.raises(DatasetError, match="no directory .*images") as error:
+        FolderDataset(tmp_path, "train")
+    assert "masks/SPLIT/NAME.png" in str(error.value) and "classes.yaml" in str(error.value)
+
+
+def test_image_without_mask_and_mask_without_image_are_named(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "masks" / "train" / "train_001.png").unlink()
+    write_array(tmp_path / "masks" / "train" / "orphan.png", np.zeros((32, 48), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        FolderDataset(tmp_path, "train")
+    message = str(error.value)
+    assert "images/train/train_001.png" in message and "without a label" in message
+    assert "masks/train/orphan.png" in message and "without an image" in message
+
+
+def test_a_list_file_naming_missing_files(tmp_path):
+    make_folder(tmp_path, layout="lists")
+    (tmp_path / "train.txt").write_text("train_000\nghost\n")
+    with pytest.raises(DatasetError, match="ghost"):
+        FolderDataset(tmp_path, "train")
+
+
+def test_mask_values_outside_the_classes_name_the_file_and_values(tmp_path):
+    make_folder(tmp_path)
+    mask = np.zeros((32, 48), np.uint8)
+    mask[3, 3], mask[4, 4] = 7, 9
+    path = write_array(tmp_path / "masks" / "train" / "train_000.png", mask)
+    with pytest.raises(DatasetError) as error:
+        FolderDataset(tmp_path, "train")[0]
+    assert str(path) in str(error.value) and "7, 9" in str(error.value)
+
+
+def test_size_mismatch_names_both_files(tmp_path):
+    make_folder(tmp_path)
+    path = write_rgb(tmp_path / "images" / "train" / "train_002.png", np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(DatasetError, match="sizes differ") as error:
+        FolderDataset(tmp_path, "train")[2]
+    assert str(path) in str(error.value) and "masks/train/train_002.png" in str(error.value)
+
+
+def test_colour_masks_are_rejected_with_the_file_name(tmp_path):
+    make_folder(tmp_path)
+    path = write_rgb(tmp_path / "masks" / "train" / "train_000.png", np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(DatasetError, match="3 channels") as error:
+        FolderDataset(tmp_path, "train")[0]
+    assert str(path) in str(error.value)
+
+
+def test_an_unreadable_mask_is_named(tmp_path):
+    make_folder(tmp_path)
+    path = tmp_path / "masks" / "train" / "train_001.png"
+    path.write_bytes(b"not a png at all")
+    with pytest.raises(DatasetError, match="cannot decode") as error:
+        FolderDataset(tmp_path, "train")[1]
+    assert str(path) in str(error.value)
