@@ -32,7 +32,8 @@ class RecallLoss(SegmentationLoss):
             global batch; a no-op without an initialised process group.
 
     A pixel is a hit when the target's logit is the largest (ties count as hits; see
-    ``functional.target_is_top1``).
+    ``functional.target_is_top1``). The test runs on the log-probabilities the loss already
+    has (``functional.target_is_top1_from_log_probs``), which ranks classes the same way.
 
     Shape: logits ``(N, C, H, W)``, target ``(N, H, W)``; returns a scalar.
     """
