@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from recallseg.losses import LOSSES, LossContext, SegmentationLoss, build_loss, register_loss
+from recallseg.losses import LOSSES, FocalLoss, LossContext, SegmentationLoss, build_loss, register_loss
 from recallseg.losses.class_weights import class_weights_from_counts
 from recallseg.losses.functional import class_totals_and_misses, target_is_top1, target_is_top1_from_log_probs
 
@@ -309,6 +309,18 @@ def test_ohem_ranks_hardest_pixels_over_the_whole_batch():
     loss = make("ohem", thresh=1e-9, min_kept=2)(logits, target)
     expected = F.cross_entropy(logits, target, reduction="none")[[1, 0], 0, [2, 1]].mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_focal_factor_is_per_pixel_not_on_the_batch_mean():
+    """The authors' focal loss scaled the batch-mean CE by (1 - exp(-mean CE)) ** gamma."""
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0]]).T.reshape(1, 2, 1, 2)  # pixel 0 easy, pixel 1 hard
+    target = torch.tensor([[[0, 0]]])
+    ce = F.cross_entropy(logits, target, reduction="none").flatten()
+    per_pixel = ((1 - torch.exp(-ce)) ** 2 * ce).mean()
+    on_batch_mean = (1 - torch.exp(-ce.mean())) ** 2 * ce.mean()
+    loss = FocalLoss(num_classes=2, gamma=2.0)(logits, target)
+    torch.testing.assert_close(loss, per_pixel)
+    assert not torch.isclose(loss, on_batch_mean)
 
 
 def test_focal_with_gamma_zero_is_cross_entropy():
