@@ -18,7 +18,8 @@ def run_training(cfg: DictConfig) -> float:
     from .engine.trainer import train
 
     metrics = train(cfg)
-    return metrics[str(cfg.trainer.get("monitor", "mIoU")).removeprefix("val/")]  # for Hydra sweepers
+    # The monitored value, for Hydra sweepers; NaN when the run stopped before validating.
+    return metrics.get(str(cfg.trainer.get("monitor", "mIoU")).removeprefix("val/"), float("nan"))
 
 
 def run_evaluation(cfg: DictConfig) -> float:

@@ -40,7 +40,10 @@ class TrainingStream(Sampler):
         while True:
             self.shard.set_epoch(epoch)
             for index in list(self.shard)[offset:]:
-                seed = int(np.random.SeedSequence([self.seed, self.rank, position]).generate_state(1)[0])
+                # Seeded by the position in the *global* stream, so N ranks with batch B see
+                # the same samples and augmentations as one rank with batch N*B.
+                global_position = position * self.world_size + self.rank
+                seed = int(np.random.SeedSequence([self.seed, global_position]).generate_state(1)[0])
                 yield index, seed
                 position += 1
             epoch, offset = epoch + 1, 0

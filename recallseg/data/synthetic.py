@@ -45,6 +45,7 @@ class SyntheticStreets(SegmentationDataset):
         num_train, num_val, num_test: number of samples in each split.
         seed: the dataset seed; the same seed gives the same samples.
         noise: standard deviation of the per-pixel colour noise (makes colour alone ambiguous).
+        ignore_regions: draw the ignored bonnet and car outlines (False: every pixel is labelled).
         transform: optional albumentations-style transform.
     """
 
@@ -62,6 +63,7 @@ class SyntheticStreets(SegmentationDataset):
         num_test: int = 100,
         seed: int = 0,
         noise: float = 14.0,
+        ignore_regions: bool = True,
         transform=None,
     ):
         super().__init__(transform)
@@ -71,7 +73,7 @@ class SyntheticStreets(SegmentationDataset):
             raise ValueError(f"SyntheticStreets needs height and width >= 32, got {height}x{width}")
         self.split, self.height, self.width = split, int(height), int(width)
         self.length = {"train": num_train, "val": num_val, "test": num_test}[split]
-        self.seed, self.noise = int(seed), float(noise)
+        self.seed, self.noise, self.ignore_regions = int(seed), float(noise), bool(ignore_regions)
 
     def __len__(self) -> int:
         return self.length
@@ -81,7 +83,7 @@ class SyntheticStreets(SegmentationDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
-        return draw_scene(rng, self.height, self.width, self.noise)
+        return draw_scene(rng, self.height, self.width, self.noise, self.ignore_regions)
 
 
 def _fill(image, mask, rows, cols, label, colour):
@@ -89,7 +91,7 @@ def _fill(image, mask, rows, cols, label, colour):
     mask[rows, cols] = label
 
 
-def draw_scene(rng: np.random.Generator, height: int, width: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
+def draw_scene(rng: np.random.Generator, height: int, width: int, noise: float, ignore_regions: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Draw one scene; returns ``(image uint8 HxWx3, mask int64 HxW)``."""
     H, W = height, width
     image = np.zeros((H, W, 3), dtype=np.float32)
@@ -174,7 +176,8 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, noise: float) 
         if r1 - r0 < 2 or c1 - c0 < 2:
             continue
         colour = rng.choice([[200, 30, 30], [30, 60, 200], [230, 230, 230], [20, 20, 20], [40, 160, 60]]) + rng.normal(0, 10, 3)
-        mask[max(r0 - 1, 0) : r1 + 1, max(c0 - 1, 0) : c1 + 1] = 255  # label-tool style outline
+        if ignore_regions:
+            mask[max(r0 - 1, 0) : r1 + 1, max(c0 - 1, 0) : c1 + 1] = 255  # label-tool style outline
         _fill(image, mask, slice(r0, r1), slice(c0, c1), CAR, colour)
         image[r0 : r0 + max((r1 - r0) // 3, 1), c0 + 1 : c1 - 1] = colour * 0.4
 
@@ -182,7 +185,7 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, noise: float) 
     bonnet = int(H * rng.uniform(0.0, 0.08))
     if bonnet:
         image[H - bonnet :] = [30, 30, 35]
-        mask[H - bonnet :] = 255
+        mask[H - bonnet :] = 255 if ignore_regions else ROAD
 
     # Lighting and sensor noise.
     image = image * rng.uniform(0.8, 1.2) + rng.normal(0, noise, image.shape).astype(np.float32)

@@ -67,8 +67,15 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
-def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | str = "auto") -> Runtime:
-    """Set up the device (and the process group when launched by torchrun)."""
+def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | str = "auto", deterministic: bool = False) -> Runtime:
+    """Set up the device (and the process group when launched by torchrun).
+
+    ``deterministic`` turns on ``torch.use_deterministic_algorithms`` and turns off cuDNN
+    autotuning: bitwise-repeatable CUDA runs, at the cost of slower kernels (see README).
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -81,7 +88,8 @@ def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | 
     if channels_last == "auto":
         channels_last = torch_device.type == "cuda"
     if torch_device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
     return Runtime(torch_device, resolve_amp(amp, torch_device), bool(channels_last), rank, world_size, local_rank)
 
 

@@ -12,6 +12,7 @@ import importlib
 import logging
 import math
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ..data.statistics import cached_class_pixel_counts, read_statistics
 from ..losses import LossContext, build_loss
 from ..metrics import format_table, metrics_from_confusion
 from ..models import build_model
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluation import evaluate
 from .optim import build_optimizer, build_scheduler
 from .reporting import PerClassHistory, log_metrics, write_metrics_json
@@ -36,6 +37,39 @@ from .runtime import Normalizer, Runtime, init_runtime, seed_everything
 log = logging.getLogger("recallseg")
 
 MONITOR_KEYS = ("mIoU", "mAcc", "aAcc", "mPrecision")
+NONFINITE_POLICIES = ("stop", "skip")
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class Interrupted(SystemExit):
+    """Raised after a signal: the current step finished and last.pt was saved."""
+
+
+class StopSignal:
+    """Remembers SIGTERM/SIGINT instead of dying mid-step; the loop checks it between steps."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in EXIT_CODES:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop right now
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("received %s: finishing the current step, then saving last.pt", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def import_user_modules(modules) -> None:
@@ -75,8 +109,11 @@ class Trainer:
         import_user_modules(cfg.get("imports"))
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.runtime: Runtime = init_runtime(tcfg.device, tcfg.amp, tcfg.channels_last)
+        self.runtime: Runtime = init_runtime(tcfg.device, tcfg.amp, tcfg.channels_last, deterministic=tcfg.get("deterministic", False))
         seed_everything(cfg.seed)
+        self.nonfinite = tcfg.get("nonfinite", "stop")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"trainer.nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
         device = self.runtime.device
 
         dataset_cfg = cfg.dataset
@@ -100,7 +137,12 @@ class Trainer:
         self.criterion = build_loss(cfg.loss, context).to(device)
         self.optimizer = build_optimizer(cfg.optimizer, self.module.parameters(), device)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, tcfg.max_iters)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.runtime.uses_grad_scaler)
+        # The GradScaler skips steps whose gradients are not finite, without a host sync when the
+        # optimizer is fused. fp16 needs it for scaling; trainer.nonfinite=skip uses it at scale 1.
+        use_scaler = self.runtime.uses_grad_scaler or self.nonfinite == "skip"
+        scale = 2.0**16 if self.runtime.uses_grad_scaler else 1.0
+        growth = 2000 if self.runtime.uses_grad_scaler else 2**31 - 1
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=scale, growth_interval=growth, enabled=use_scaler)
         self.normalizer = Normalizer(cfg.model.mean, cfg.model.std, self.runtime)
 
         monitor = str(tcfg.get("monitor", "mIoU")).removeprefix("val/")
@@ -138,33 +180,57 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Everything but the random states, which ``fit`` restores once the data stream exists."""
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.criterion.load_state_dict(state["loss"])
         self.iteration = int(state["iteration"])
         self.best_score = float(state["best_score"])
-        set_rng_state(state["rng"])
 
-    def _prepare_output_dir(self) -> None:
+    def _newest_checkpoint(self) -> Path | None:
+        """The readable checkpoint with the highest iteration in the run directory."""
+        newest, newest_iteration = None, -1
+        for path in sorted(self.checkpoint_dir.glob("*.pt")) if self.checkpoint_dir.is_dir() else []:
+            try:
+                iteration = int(load_checkpoint(path)["iteration"])
+            except (CheckpointError, KeyError) as error:
+                log.warning("resume=auto: skipping %s (%s)", path, error)
+                continue
+            if iteration > newest_iteration:
+                newest, newest_iteration = path, iteration
+        return newest
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint to continue from, or None for a fresh run (which must not clobber one)."""
         resume = self.cfg.get("resume")
-        existing = sorted(self.checkpoint_dir.glob("*.pt")) if self.checkpoint_dir.is_dir() else []
         if resume in (None, "", False):
+            existing = sorted(self.checkpoint_dir.glob("*.pt")) if self.checkpoint_dir.is_dir() else []
             if existing:
                 raise FileExistsError(
                     f"{self.checkpoint_dir} already holds checkpoints ({', '.join(p.name for p in existing)}); "
                     "recallseg never overwrites a run. Continue it with resume=auto, or choose another hydra.run.dir."
                 )
-            return
-        path = self.checkpoint_dir / "last.pt" if resume == "auto" else Path(resume)
-        if resume == "auto" and not path.is_file():
+            return None
+        path = self._newest_checkpoint() if resume == "auto" else Path(resume)
+        if path is None:
             log.info("resume=auto: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
-            return
-        self.load_state_dict(load_checkpoint(path, map_location=self.runtime.device))
+            return None
+        state = load_checkpoint(path, map_location=self.runtime.device)
+        self.load_state_dict(state)
         log.info("resumed from %s at iteration %d", path, self.iteration)
+        return state
 
     def _save(self, name: str) -> Path:
+        """Write a checkpoint; refuses weights or statistics that are not finite (a NaN never reaches disk)."""
+        for key, tensor in self.module.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise FloatingPointError(
+                    f"model tensor {key!r} is not finite at iteration {self.iteration}; not saving {name}. "
+                    "Lower optimizer.lr, set trainer.grad_clip, or check the data."
+                )
         path = self.checkpoint_dir / name
         save_checkpoint(self.state_dict(), path)
         return path
@@ -182,7 +248,7 @@ class Trainer:
     # -- the loop --
     def fit(self) -> dict:
         cfg, tcfg, runtime = self.cfg, self.cfg.trainer, self.runtime
-        self._prepare_output_dir()
+        resumed = self._resume_state()
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -198,36 +264,44 @@ class Trainer:
                 pin_memory=runtime.device.type == "cuda",
             )
         )
-        self.model.train()
-        running_loss = torch.zeros((), device=runtime.device)
-        running_count = 0
+        if resumed is not None:  # after the loader drew its seed, as the uninterrupted run's loader did at its start
+            set_rng_state(resumed["rng"])
+        self._train_mode()
+        stop_at = tcfg.max_iters
+        if tcfg.get("stop_after"):
+            stop_at = min(stop_at, self.iteration + int(tcfg.stop_after))
+        self._reset_window()
         metrics = None
         bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True, disable=not runtime.is_main)
-        last_log_time, last_log_iteration = time.perf_counter(), self.iteration
-        while self.iteration < tcfg.max_iters:
-            images, masks = next(batches)
-            loss = self.step(images, masks)
-            running_loss += loss.detach()
-            running_count += 1
-            self.iteration += 1
-            bar.update(1)
-            if self.iteration % tcfg.log_interval == 0 or self.iteration == tcfg.max_iters:
-                mean_loss = (running_loss / running_count).item()  # the only sync, once per log interval
-                running_loss.zero_()
-                running_count = 0
-                if not math.isfinite(mean_loss):
-                    raise FloatingPointError(
-                        f"non-finite training loss ({mean_loss}) in iterations {self.iteration - tcfg.log_interval + 1}..{self.iteration}; "
-                        "lower optimizer.lr, set trainer.grad_clip, or check the data"
-                    )
-                now = time.perf_counter()
-                speed = (self.iteration - last_log_iteration) / max(now - last_log_time, 1e-9)
-                last_log_time, last_log_iteration = now, self.iteration
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                self._log_train(mean_loss, speed)
-            if self.iteration % tcfg.val_interval == 0 or self.iteration == tcfg.max_iters:
-                metrics = self._validate_and_checkpoint()
+        self._bar = bar
+        with StopSignal() as stop:
+            while self.iteration < stop_at:
+                images, masks = next(batches)
+                loss = self.step(images, masks)
+                self._window_loss += torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+                bad = ~torch.isfinite(loss.detach())
+                self._window_bad += bad
+                self._first_bad = torch.where(bad & (self._first_bad < 0), self.iteration + 1, self._first_bad)
+                self._window_steps += 1
+                self.iteration += 1
+                bar.update(1)
+                if self.iteration % tcfg.log_interval == 0 or self.iteration == stop_at:
+                    self._end_log_window()
+                if self.iteration % tcfg.val_interval == 0 or self.iteration == tcfg.max_iters:
+                    metrics = self._validate_and_checkpoint()
+                if self._should_stop(stop, stop_at):
+                    break
         bar.close()
+        if self.iteration < tcfg.max_iters:  # stopped early (signal or trainer.stop_after): keep the place
+            if self._window_steps:
+                self._end_log_window()
+            if runtime.is_main:
+                self._save("last.pt")
+                self.writer.close()
+                log.info("stopped at iteration %d; continue with resume=auto (same hydra.run.dir)", self.iteration)
+            if stop.received is not None:
+                raise Interrupted(EXIT_CODES[stop.received])
+            return metrics or {}
         if metrics is None:  # resumed at max_iters: nothing left to train, still report
             metrics = self.validate()
         if runtime.is_main:
@@ -235,6 +309,51 @@ class Trainer:
             write_metrics_json(self.output_dir / "metrics.json", metrics, iteration=self.iteration, checkpoint=str(self.checkpoint_dir / "last.pt"))
             self.writer.close()
         return metrics
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.trainer.get("freeze_batchnorm", False):
+            freeze_batchnorm(self.model)
+
+    def _should_stop(self, stop: StopSignal, stop_at: int) -> bool:
+        """Whether a signal asks to stop. Across ranks the flag is agreed on at log intervals, so
+        every rank stops after the same step (one tiny all-reduce per interval, none per step)."""
+        if not self.runtime.distributed:
+            return stop.received is not None
+        if self.iteration % self.cfg.trainer.log_interval and self.iteration != stop_at:
+            return False
+        flag = torch.tensor(1 if stop.received is not None else 0, device=self.runtime.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and stop.received is None:
+            stop.received = signal.SIGTERM
+        return bool(flag.item())
+
+    def _reset_window(self) -> None:
+        device = self.runtime.device
+        self._window_loss = torch.zeros((), device=device)
+        self._window_bad = torch.zeros((), dtype=torch.int64, device=device)
+        self._first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self._window_steps = 0
+        self._window_start = (time.perf_counter(), self.iteration)
+
+    def _end_log_window(self) -> None:
+        """Read the window's statistics (the only host sync of the loop), apply the non-finite policy, log."""
+        steps = self._window_steps
+        bad, first_bad = int(self._window_bad), int(self._first_bad)
+        good = steps - bad
+        mean_loss = float(self._window_loss) / good if good else float("nan")
+        elapsed, start_iteration = time.perf_counter() - self._window_start[0], self._window_start[1]
+        speed = (self.iteration - start_iteration) / max(elapsed, 1e-9)
+        self._reset_window()
+        if bad:
+            where = f"{bad} of iterations {start_iteration + 1}..{self.iteration} (first: {first_bad})"
+            if self.nonfinite == "stop":
+                raise FloatingPointError(
+                    f"non-finite training loss at {where}. Lower optimizer.lr, set trainer.grad_clip, check the data, "
+                    "or set trainer.nonfinite=skip to skip such steps."
+                )
+            log.warning("skipped %s: non-finite loss or gradients, no update applied", where)
+        self._log_train(mean_loss, speed, skipped=bad)
 
     def step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the loss as a device tensor (no host sync)."""
@@ -253,11 +372,13 @@ class Trainer:
         self.scheduler.step()
         return loss
 
-    def _log_train(self, mean_loss: float, speed: float) -> None:
+    def _log_train(self, mean_loss: float, speed: float, skipped: int = 0) -> None:
         if not self.runtime.is_main:
             return
         step = self.iteration
-        self.writer.add_scalar("train/loss", mean_loss, step)
+        if math.isfinite(mean_loss):
+            self.writer.add_scalar("train/loss", mean_loss, step)
+        self.writer.add_scalar("train/skipped_steps", skipped, step)
         self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], step)
         self.writer.add_scalar("train/iterations_per_second", speed, step)
         for name, values in self.criterion.extra_logs().items():
@@ -268,9 +389,11 @@ class Trainer:
                 self.weight_history.append(values)
                 self.writer.add_image(f"train/{name}_heatmap", self.weight_history.image(), step, dataformats="HWC")
         log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f it/s", step, self.cfg.trainer.max_iters, mean_loss, self.scheduler.get_last_lr()[0], speed)
+        self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
 
     def _validate_and_checkpoint(self) -> dict:
         metrics = self.validate()
+        self._train_mode()
         if self.runtime.is_main:
             log_metrics(self.writer, metrics, self.iteration)
             log.info(
@@ -286,6 +409,17 @@ class Trainer:
                 self._save("best.pt")
                 log.info("new best %s %.4f: saved best.pt", self.monitor, score)
         return metrics
+
+
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Keep BatchNorm layers on their running statistics (eval mode) while the rest trains.
+
+    Common when fine-tuning with small per-GPU batches; it also makes N ranks with batch B
+    compute exactly what one rank with batch N*B computes (BatchNorm statistics would
+    otherwise be per rank; SyncBatchNorm, trainer.sync_batchnorm, needs CUDA)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def train(cfg: DictConfig) -> dict:

@@ -1,0 +1,148 @@
+"""Training survives: exact resume, signals, non-finite numbers, and torchrun with several ranks."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_OVERRIDES, read_json, run_entry_point
+from recallseg.engine.checkpoint import load_checkpoint
+
+RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval"))]
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a, b, exact=True):
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), f"{key} differs"
+        else:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+
+
+def test_k_iterations_plus_resumed_rest_equals_a_straight_run_bit_for_bit(tmp_path):
+    common = [*RUN, "trainer.max_iters=5", "trainer.val_interval=3", "loss=recall", "loss.statistics=ema", "trainer.num_workers=1"]
+    run_entry_point("train.py", *common, f"hydra.run.dir={tmp_path / 'straight'}")
+    run_entry_point("train.py", *common, "trainer.stop_after=2", f"hydra.run.dir={tmp_path / 'split'}")
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["iteration"] == 2
+    run_entry_point("train.py", *common, "resume=auto", f"hydra.run.dir={tmp_path / 'split'}")
+    straight, split = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("straight", "split"))
+    assert straight["iteration"] == split["iteration"] == 5
+    assert_same_weights(straight["model"], split["model"])
+    assert torch.equal(straight["loss"]["ema_counts"], split["loss"]["ema_counts"])  # loss state travels too
+    for group_a, group_b in zip(straight["optimizer"]["state"].values(), split["optimizer"]["state"].values()):
+        assert torch.equal(group_a["exp_avg"], group_b["exp_avg"])
+    assert read_json(tmp_path / "straight" / "metrics.json")["mIoU"] == read_json(tmp_path / "split" / "metrics.json")["mIoU"]
+
+
+def _train_until_signal(run_dir, sig, after_iteration, extra):
+    """Start a run, send ``sig`` once it has logged ``after_iteration``, return the exit code."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *extra, f"hydra.run.dir={run_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if f"iter {after_iteration}/" in line:
+            proc.send_signal(sig)
+            break
+    output.extend(proc.stdout)
+    code = proc.wait(timeout=120)
+    return code, "".join(output)
+
+
+def test_sigterm_and_sigint_save_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    common = [*RUN, "trainer.max_iters=30", "trainer.val_interval=100", "trainer.log_interval=1"]
+    run_entry_point("train.py", *common, f"hydra.run.dir={tmp_path / 'straight'}")
+    interrupted = tmp_path / "interrupted"
+    code, out = _train_until_signal(interrupted, signal.SIGTERM, 3, common)
+    assert code == 143, out[-3000:]
+    first_stop = load_checkpoint(interrupted / "checkpoints" / "last.pt")["iteration"]
+    assert 3 <= first_stop < 30
+    code, out = _train_until_signal(interrupted, signal.SIGINT, first_stop + 3, [*common, "resume=auto"])
+    assert code == 130, out[-3000:]
+    second_stop = load_checkpoint(interrupted / "checkpoints" / "last.pt")["iteration"]
+    assert first_stop < second_stop < 30
+    run_entry_point("train.py", *common, "resume=auto", f"hydra.run.dir={interrupted}")
+    assert_same_weights(weights(tmp_path / "straight"), weights(interrupted))
+
+
+NAN_LOSS = '''
+import torch
+from recallseg.losses import CrossEntropyLoss, register_loss
+
+@register_loss("nan_at_step_3")
+class NanAtStep3(CrossEntropyLoss):
+    calls = 0
+    def forward(self, logits, target):
+        type(self).calls += 1
+        loss = super().forward(logits, target)
+        return loss * float("nan") if type(self).calls == 3 else loss
+'''
+
+
+@pytest.fixture
+def nan_loss_module(tmp_path):
+    (tmp_path / "nan_loss.py").write_text(NAN_LOSS)
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_nonfinite_loss_stops_with_the_iteration_named(tmp_path, nan_loss_module):
+    result = run_entry_point(
+        "train.py", *RUN, "trainer.max_iters=4", "trainer.val_interval=4", "trainer.log_interval=4", "imports=[nan_loss]", "loss=ce", "loss.name=nan_at_step_3",
+        f"hydra.run.dir={tmp_path / 'run'}", env=nan_loss_module, check=False,
+    )
+    assert result.returncode != 0
+    assert "non-finite training loss" in result.stderr and "first: 3" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()  # a NaN never reaches best.pt
+
+
+def test_nonfinite_steps_can_be_skipped(tmp_path, nan_loss_module):
+    result = run_entry_point(
+        "train.py", *RUN, "trainer.max_iters=4", "trainer.val_interval=4", "trainer.log_interval=4", "imports=[nan_loss]", "loss=ce", "loss.name=nan_at_step_3",
+        "trainer.nonfinite=skip", f"hydra.run.dir={tmp_path / 'run'}", env=nan_loss_module,
+    )
+    assert "skipped 1 of iterations 1..4 (first: 3)" in result.stdout + result.stderr
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused_by_resume(tmp_path):
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pt"
+    code = f"import os, torch\nclass P:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\ntorch.save({{'format': 'recallseg-checkpoint', 'x': P()}}, '{evil}')\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = run_entry_point("train.py", *RUN, f"resume={evil}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert result.returncode != 0 and "refusing to load" in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_rank_on_the_global_batch(tmp_path):
+    """2 CPU ranks with batch B reach the weights of 1 rank with batch 2B (BatchNorm frozen,
+    dropout off, no ignore pixels: then per-rank means average to the global mean exactly)."""
+    common = [
+        *[o for o in RUN if not o.startswith("trainer.batch_size")],
+        "trainer.max_iters=3", "trainer.val_interval=3", "loss=ce", "trainer.freeze_batchnorm=true",
+        "+model.decoder_aspp_dropout=0.0", "dataset.ignore_regions=false",
+    ]
+    run_entry_point("train.py", *common, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(REPO / "train.py"),
+         *common, "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'two'}"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), exact=False)
+    one, two = read_json(tmp_path / "one" / "metrics.json"), read_json(tmp_path / "two" / "metrics.json")
+    assert two["mIoU"] == pytest.approx(one["mIoU"], abs=1e-3)  # sharded validation, all-reduced matrices
