@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .base import SegmentationDataset
-from .io import compact_dtype
+from .io import CompactFrames, compact_dtype
 
 DEFAULT_CACHE_DIR = ".cache/recallseg"
 FORMAT_VERSION = 1
@@ -169,11 +169,12 @@ def _frame_shape(dataset: SegmentationDataset, index: int) -> tuple[int, int]:
     return dataset.load(index)[0].shape[:2]
 
 
-class CachedDataset(SegmentationDataset):
+class CachedDataset(CompactFrames, SegmentationDataset):
     """``source`` with its decoded frames cached in ``cache_dir`` (see the module docstring).
 
     Exposes the source's ``classes``, ``palette`` and ``ignore_index``; other attributes are
-    looked up on the source. ``transform`` applies after the cache.
+    looked up on the source. ``transform`` applies after the cache, on the cached frame in
+    place (a view of the memory map: no copy of the full frame on the hot path).
     """
 
     def __init__(self, source: SegmentationDataset, cache_dir: str | os.PathLike | None = None, transform=None):
@@ -195,40 +196,17 @@ class CachedDataset(SegmentationDataset):
     def describe(self, index: int) -> str:
         return self.source.describe(index)
 
-    def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """``(image, mask, is_view)``: views of the cache, or the freshly decoded frame (then cached)."""
+    def load_compact(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read-only views of the cached frame, or the freshly decoded frame (then cached)."""
         if self.cache.is_filled(index):
-            image, mask = self.cache.read(index)
-            return image, mask, True
-        image, mask = self.source.load(index)
-        self.cache.write(index, image, mask.astype(self.cache.mask_dtype, copy=False), self.source.describe(index))
-        return image, mask, False
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image, mask, is_view = self._frame(index)
-        return (image.copy() if is_view else image), mask.astype(np.int64)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        # The base class's __getitem__, except that the transform reads the cached frame in
-        # place (no copy of the full frame, mask in its compact dtype): the hot path of training.
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
-        image, mask, _ = self._frame(index)
-        if self.transform is not None:
-            if seed is not None and hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(int(seed))
-            out = self.transform(image=image, mask=mask)
-            image_out, mask_out = out["image"], out["mask"]
+            return self.cache.read(index)
+        if hasattr(self.source, "load_compact"):
+            image, mask = self.source.load_compact(index)
         else:
-            image_out, mask_out = image, mask
-        if np.may_share_memory(image_out, image):  # never hand out (read-only) views of the cache
-            image_out = image_out.copy()
-        if np.may_share_memory(mask_out, mask):
-            mask_out = mask_out.astype(np.int64)
-        return np.ascontiguousarray(image_out), np.ascontiguousarray(mask_out, dtype=np.int64)
+            image, mask = self.source.load(index)
+        mask = mask.astype(self.cache.mask_dtype, copy=False)
+        self.cache.write(index, image, mask, self.source.describe(index))
+        return image, mask
 
     def fill(self, progress: bool = True) -> None:
         """Decode every frame not cached yet (in this process)."""
@@ -238,4 +216,4 @@ class CachedDataset(SegmentationDataset):
 
             missing = tqdm(missing, desc=f"caching {type(self.source).__name__}", unit="frame")
         for index in missing:
-            self._frame(index)
+            self.load_compact(index)

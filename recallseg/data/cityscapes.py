@@ -99,8 +99,8 @@ class Cityscapes(FilePairDataset):
             raise ValueError(f"Cityscapes ignore_index {ignore_index} collides with a train id (0..{len(CLASSES) - 1})")
         self.label_type = label_type
         self.ignore_index = int(ignore_index)
-        self.lookup = label_id_lookup_table(self.ignore_index)
-        self.train_id_lookup = lookup_table({i: i for i in range(len(CLASSES))}, 256, self.ignore_index)
+        self.lookup = label_id_lookup_table(self.ignore_index).astype(self.mask_dtype())
+        self.train_id_lookup = lookup_table({i: i for i in range(len(CLASSES))}, 256, self.ignore_index, self.mask_dtype())
         self.samples = self._find_samples()
         self.has_labels = all(sample.label is not None for sample in self.samples)
 

@@ -190,4 +190,4 @@ class FolderDataset(FilePairDataset):
         check_label_values(raw, self.known, path, f"mask values (classes 0..{len(self.classes) - 1}, ignore {self.ignore_index})")
 
     def decode_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return raw.astype(np.int64)
+        return raw.astype(self.mask_dtype(), copy=False)

@@ -218,11 +218,45 @@ class Sample:
     label: Path | None
 
 
-class FilePairDataset(SegmentationDataset):
+class CompactFrames:
+    """``load`` and ``__getitem__`` on top of ``load_compact``, which returns the mask in a small dtype.
+
+    Masks stay uint8 (the compact dtype) through decoding and augmentation and become int64
+    only at the end, on the (usually cropped) output: converting a full 2048x1024 frame to
+    int64 first would cost more than the crop. ``load_compact`` may return read-only views
+    (the frame cache does); what leaves ``load`` and ``__getitem__`` is always writable.
+    """
+
+    def load_compact(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self.load_compact(index)
+        return (image if image.flags.writeable else image.copy()), mask.astype(np.int64)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        # SegmentationDataset.__getitem__ (same keys, same seeding), on the compact frame.
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
+        image, mask = self.load_compact(index)
+        if self.transform is not None:
+            if seed is not None and hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(int(seed))
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        image = np.ascontiguousarray(image)
+        mask = np.ascontiguousarray(mask, dtype=np.int64)
+        return (image if image.flags.writeable else image.copy()), (mask if mask.flags.writeable else mask.copy())
+
+
+class FilePairDataset(CompactFrames, SegmentationDataset):
     """A dataset of (image file, label file) pairs.
 
     Subclasses fill ``self.samples`` and implement ``decode_label(raw, path)`` (raw label
-    array -> train ids, after checking the values). ``read_raw_label(path)`` reads the raw
+    array -> train ids in ``mask_dtype()``, usually through a lookup table). ``read_raw_label(path)`` reads the raw
     array (override for multi-channel labels).
 
     Args:
@@ -248,7 +282,7 @@ class FilePairDataset(SegmentationDataset):
         return read_label(path)
 
     def decode_label(self, raw: np.ndarray, path: Path) -> np.ndarray:  # pragma: no cover - abstract
-        """Map the raw label array to int64 train ids (ignore_index for ignored pixels)."""
+        """Map the raw label array to train ids in ``mask_dtype()`` (ignore_index for ignored pixels)."""
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:
@@ -264,7 +298,8 @@ class FilePairDataset(SegmentationDataset):
         sample = self.samples[index]
         return str(sample.image) if sample.label is None else f"{sample.image} (label {sample.label})"
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def load_compact(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image uint8 HxWx3 RGB, mask HxW in mask_dtype())`` of sample ``index``, checked and resized."""
         sample = self.samples[index]
         image = read_image(sample.image)
         height, width = image.shape[:2]
@@ -272,7 +307,7 @@ class FilePairDataset(SegmentationDataset):
             size = self.resize or (height, width)
             if self.resize is not None:
                 image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-            return image, np.full(size, self.ignore_index, dtype=np.int64)
+            return image, np.full(size, self.ignore_index, dtype=self.mask_dtype())
         raw = self.read_raw_label(sample.label)
         if raw.shape[:2] != (height, width):
             raise DatasetError(
@@ -323,9 +358,9 @@ class FilePairDataset(SegmentationDataset):
         return compact_dtype([0, max(self.num_classes - 1, 0), self.ignore_index])
 
 
-def lookup_table(mapping: Mapping[int, int], size: int, fill: int) -> np.ndarray:
-    """An int64 table of ``size`` entries: ``table[raw] = mapping.get(raw, fill)``."""
-    table = np.full(size, fill, dtype=np.int64)
+def lookup_table(mapping: Mapping[int, int], size: int, fill: int, dtype: Any = np.int64) -> np.ndarray:
+    """A table of ``size`` entries: ``table[raw] = mapping.get(raw, fill)``."""
+    table = np.full(size, fill, dtype=dtype)
     for raw, target in mapping.items():
         table[raw] = target
     return table

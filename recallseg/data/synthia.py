@@ -152,7 +152,7 @@ class Synthia(_SynthiaBase):
         mapping = {i: i for i in range(len(SEQS_CLASSES))}
         if not self.void_as_class:
             mapping[0] = self.ignore_index
-        self.lookup = lookup_table(mapping, len(SEQS_CLASSES), self.ignore_index)
+        self.lookup = lookup_table(mapping, len(SEQS_CLASSES), self.ignore_index, self.mask_dtype())
         self.samples = self._select(self._find_pairs())
 
     def options(self) -> dict[str, Any]:
@@ -234,7 +234,7 @@ class SynthiaRandCityscapes(_SynthiaBase):
             raise ValueError(f"SynthiaRandCityscapes ignore_index {ignore_index} collides with a class id (0..{len(RAND_CLASSES) - 1})")
         self.ignore_index = int(ignore_index)
         self.known = np.ones(RAND_NUM_IDS, dtype=bool)
-        self.lookup = lookup_table(RAND_ID_TO_TRAIN_ID, RAND_NUM_IDS, self.ignore_index)
+        self.lookup = lookup_table(RAND_ID_TO_TRAIN_ID, RAND_NUM_IDS, self.ignore_index, self.mask_dtype())
         self.samples = self._select(self._find_pairs())
 
     def options(self) -> dict[str, Any]:
