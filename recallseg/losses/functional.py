@@ -74,6 +74,6 @@ def class_totals_and_misses(labels: torch.Tensor, miss: torch.Tensor, num_classe
     instead of a count plus a weighted count. As in ``class_sums``, label ``C`` marks ignored
     pixels and falls out (bins C and 2C + 1).
     """
-    bins = class_sums(labels + (num_classes + 1) * miss.to(labels.dtype), None, 2 * num_classes + 1)
+    bins = class_sums(labels.add(miss, alpha=num_classes + 1), None, 2 * num_classes + 1)
     misses = bins[num_classes + 1 :]
     return bins[:num_classes] + misses, misses
