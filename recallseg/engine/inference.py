@@ -1,10 +1,33 @@
-"""Turning images into logits: whole-image inference padded to the model's stride."""
+"""Turning images into logits: whole-image or sliding-window inference, with optional flip and
+multi-scale test-time augmentation.
+
+Every function takes a normalised float batch ``x [N, 3, H, W]`` on the model's device and
+returns float32 logits ``[N, K, H, W]`` at the input size. Nothing here reads a value back
+to the host (window positions and sizes are computed from shapes), so a GPU never waits.
+
+- ``whole``: the image in one pass, zero-padded (bottom/right) to a multiple of the model's
+  output stride and cropped back.
+- ``slide``: ``crop_size`` windows every ``stride`` pixels, the last window of a row/column
+  flush with the border; the logits of overlapping windows are averaged (sum / count map).
+  Images smaller than a window are padded up to it. Windows are run ``window_batch`` at a time.
+- ``flip``: the horizontally flipped batch runs in the same forward pass; its logits are
+  flipped back and averaged with the plain ones.
+- ``scales``: the image is resized by each factor, predicted, and the logits resized back to
+  the input size and averaged (logits, not probabilities: a linear mean, cheap and exact to test).
+"""
 
 from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+INFERENCE_MODES = ("whole", "slide")
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -22,8 +45,206 @@ def whole_logits(model: nn.Module, x: torch.Tensor, multiple: int = 32) -> torch
     return model(padded)[..., :height, :width]
 
 
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize of logits to the label's size, so predictions are scored at full resolution."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis: every ``stride``, the last one ending at ``size``."""
+    if size <= crop:
+        return [0]
+    count = math.ceil((size - crop) / stride) + 1
+    return sorted({min(i * stride, size - crop) for i in range(count)})
+
+
+def window_grid(height: int, width: int, crop: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int]]:
+    """``(top, left)`` of every window covering a ``height x width`` image (at least crop-sized)."""
+    return [(top, left) for top in window_starts(height, crop[0], stride[0]) for left in window_starts(width, crop[1], stride[1])]
+
+
+def slide_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    crop_size: Sequence[int],
+    stride: Sequence[int],
+    window_batch: int = 8,
+    multiple: int = 32,
+) -> torch.Tensor:
+    """Sliding-window logits of ``x`` [N,C,H,W], averaged where windows overlap; float32 [N,K,H,W].
+
+    ``window_batch`` bounds the crops per forward pass (windows of all N images together);
+    each window goes through :func:`whole_logits`, so crops need not be multiples of ``multiple``.
+    """
+    crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
+    batch, _, height, width = x.shape
+    pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+    if pad_h or pad_w:  # smaller than a window: pad up to one (bottom/right), crop back at the end
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    full_h, full_w = x.shape[-2:]
+    windows = window_grid(full_h, full_w, (crop_h, crop_w), stride)
+    per_pass = max(1, int(window_batch) // batch)
+    total = None
+    count = torch.zeros((1, 1, full_h, full_w), dtype=torch.float32, device=x.device)
+    for start in range(0, len(windows), per_pass):
+        chunk = windows[start : start + per_pass]
+        crops = torch.cat([x[:, :, top : top + crop_h, left : left + crop_w] for top, left in chunk])
+        out = whole_logits(model, crops, multiple).float()
+        if total is None:
+            total = torch.zeros((batch, out.shape[1], full_h, full_w), dtype=torch.float32, device=x.device)
+        for j, (top, left) in enumerate(chunk):
+            total[:, :, top : top + crop_h, left : left + crop_w] += out[j * batch : (j + 1) * batch]
+            count[:, :, top : top + crop_h, left : left + crop_w] += 1
+    return (total / count)[..., :height, :width]
+
+
+@dataclass
+class InferenceSettings:
+    """How images become logits (the ``inference`` section of eval.yaml).
+
+    Attributes:
+        mode: ``whole`` or ``slide``.
+        crop_size: ``[height, width]`` of the sliding windows.
+        stride: ``[height, width]`` step between windows (at most the crop size, so windows cover the image).
+        window_batch: windows per forward pass in ``slide`` mode.
+        flip: average with the horizontally flipped image's logits.
+        scales: resize factors to average over (``[1.0]``: no multi-scale).
+        size_multiple: inputs are padded to a multiple of this (the model's output stride).
+    """
+
+    mode: str = "whole"
+    crop_size: tuple[int, int] = (512, 1024)
+    stride: tuple[int, int] = (384, 768)
+    window_batch: int = 8
+    flip: bool = False
+    scales: tuple[float, ...] = field(default=(1.0,))
+    size_multiple: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mode not in INFERENCE_MODES:
+            raise ValueError(f"inference.mode must be one of {list(INFERENCE_MODES)}, got {self.mode!r}")
+        self.crop_size = _pair(self.crop_size, "inference.crop_size")
+        self.stride = _pair(self.stride, "inference.stride")
+        if any(s > c for s, c in zip(self.stride, self.crop_size)):
+            raise ValueError(
+                f"inference.stride {list(self.stride)} is larger than inference.crop_size {list(self.crop_size)}: "
+                "windows would leave gaps; use a stride of at most the crop size (e.g. 2/3 of it)"
+            )
+        if int(self.window_batch) < 1:
+            raise ValueError(f"inference.window_batch must be at least 1, got {self.window_batch}")
+        self.window_batch = int(self.window_batch)
+        scales = [self.scales] if isinstance(self.scales, (int, float)) else list(self.scales or [])
+        if not scales or any(float(s) <= 0 for s in scales):
+            raise ValueError(f"inference.scales must be a non-empty list of positive factors, e.g. [0.75, 1.0, 1.25]; got {self.scales}")
+        self.scales = tuple(float(s) for s in scales)
+        self.flip = bool(self.flip)
+        self.size_multiple = int(self.size_multiple)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> "InferenceSettings":
+        """From the ``inference`` config section (missing keys take the defaults; unknown keys are an error)."""
+        cfg = dict(cfg or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"unknown inference option(s) {unknown}; known: {sorted(known)}")
+        return cls(**cfg)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for metrics.json."""
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    values = [value, value] if isinstance(value, (int, float)) else list(value)
+    if len(values) != 2 or any(int(v) <= 0 for v in values):
+        raise ValueError(f"{name} must be [height, width] with positive sizes, got {value}")
+    return int(values[0]), int(values[1])
+
+
+class Inference:
+    """``Inference(settings)(model, x)``: logits at the input size, with the settings' mode and TTA."""
+
+    def __init__(self, settings: InferenceSettings | None = None):
+        self.settings = settings or InferenceSettings()
+
+    def single_pass(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        if s.mode == "slide":
+            return slide_logits(model, x, s.crop_size, s.stride, s.window_batch, s.size_multiple)
+        return whole_logits(model, x, s.size_multiple).float()
+
+    def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        batch, _, height, width = x.shape
+        total = None
+        for scale in s.scales:
+            scaled = x
+            if scale != 1.0:
+                size = (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1))
+                scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            if s.flip:  # plain and mirrored images in one forward pass
+                both = self.single_pass(model, torch.cat([scaled, scaled.flip(-1)]))
+                logits = both[:batch] + both[batch:].flip(-1)
+            else:
+                logits = self.single_pass(model, scaled)
+            logits = resize_logits(logits, (height, width))
+            total = logits if total is None else total + logits
+        return total / (len(s.scales) * (2 if s.flip else 1))
+
+
+@torch.no_grad()
+def benchmark_inference(
+    model: nn.Module,
+    shape: Sequence[int],
+    mode: str = "whole",
+    batch_size: int = 1,
+    iterations: int = 5,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Images per second of ``model`` on random ``[batch_size, 3, H, W]`` inputs (``shape`` = ``(H, W)``).
+
+    ``settings`` are further :class:`InferenceSettings` (crop_size, stride, flip, scales...).
+    Synchronises the device only around the timed loop. Returns the settings and the timing.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(device).eval()
+    infer = Inference(InferenceSettings(mode=mode, **settings))
+    x = torch.randn(batch_size, 3, height, width, device=device)
+
+    def run() -> None:
+        if amp_dtype is not None:
+            with torch.autocast(device_type=device.type, dtype=amp_dtype):
+                infer(model, x)
+        else:
+            infer(model, x)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        run()
+    sync()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        run()
+    sync()
+    seconds = time.perf_counter() - start
+    return {
+        **infer.settings.as_dict(),
+        "height": height,
+        "width": width,
+        "batch_size": batch_size,
+        "device": str(device),
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
+        "seconds_per_image": seconds / (iterations * batch_size),
+        "images_per_second": iterations * batch_size / seconds,
+    }
