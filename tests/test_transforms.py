@@ -107,3 +107,55 @@ def test_pad_to_multiple_is_a_no_op_on_valid_sizes():
     out = pad_to_multiple(32, 255)(image=image, mask=mask)
     assert out["image"].shape == image.shape
     assert isinstance(pad_to_multiple(), A.PadIfNeeded)
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    from dataset_trees import make_cityscapes, make_folder, make_synthia_rand, make_synthia_seqs
+
+    root = tmp_path_factory.mktemp("trees")
+    make_cityscapes(root / "cityscapes", frames={"train": 2, "val": 1}, size=(40, 72))
+    make_synthia_seqs(root / "synthia", frames=2, size=(40, 72))
+    make_synthia_rand(root / "synthia_rand_cityscapes", frames=10, size=(40, 72))
+    make_folder(root / "folder", size=(40, 72))
+    return root
+
+
+@pytest.mark.parametrize("name", ["cityscapes", "synthia", "synthia_cityscapes", "folder"])
+def test_shipped_dataset_configs_build_and_meet_the_output_stride(trees, name, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import CONFIG_DIR
+
+    monkeypatch.setenv("RECALLSEG_DATA", str(trees))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset={name}"])
+    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    assert dataset_cfg["root"] == str(trees / {"synthia_cityscapes": "synthia_rand_cityscapes"}.get(name, name))
+    for split, train in ((dataset_cfg["train_split"], True), (dataset_cfg["val_split"], False)):
+        dataset = build_dataset(dataset_cfg, split, train=train)
+        image, mask = dataset[(0, 1)]
+        assert image.dtype == np.uint8 and mask.dtype == np.int64
+        assert image.shape[0] % 32 == 0 and image.shape[1] % 32 == 0 and mask.shape == image.shape[:2]
+        assert dataset.ignore_index == 255 and len(dataset.classes) >= 3
+
+
+@pytest.mark.parametrize("experiment", ["synthia_paper", "cityscapes_paper"])
+def test_paper_experiments_follow_paper_md(experiment):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    assert cfg.model.arch == "DeepLabV3Plus" and cfg.model.encoder_name == "resnet18" and cfg.model.encoder_output_stride == 16
+    assert cfg.model.encoder_weights == "imagenet" and cfg.optimizer._target_ == "torch.optim.Adam" and cfg.trainer.batch_size == 6
+    if experiment == "synthia_paper":
+        assert cfg.optimizer.lr == 1e-3 and cfg.trainer.max_iters == 100_000 and cfg.scheduler.name == "constant"
+        assert list(cfg.dataset.resize) == [384, 768] and cfg.dataset.train_transform is None and cfg.dataset.seed == 0
+        assert list(cfg.dataset.sequences) == ["SYNTHIA-SEQS-05-SUMMER"] and cfg.dataset.void_as_class
+    else:
+        assert cfg.optimizer.lr == 1e-4 and cfg.trainer.max_iters == 90_000
+        crop = cfg.dataset.train_transform[0]
+        assert list(crop.scale) == [0.75, 2.0] and crop.height % 32 == 0
