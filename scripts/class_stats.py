@@ -30,7 +30,7 @@ def class_stats(cfg: DictConfig) -> dict[str, Any]:
     write_statistics(cfg.output, dataset, counts, split, config)
     total = int(counts.sum())
     print(f"{type(dataset).__name__} {split}: {len(dataset)} images, {total} labelled pixels -> {Path(cfg.output).resolve()}")
-    for name, count in zip(dataset.classes, counts.tolist()):
+    for name, count in zip(dataset.classes, counts.tolist(), strict=True):
         print(f"  {name:>20s} {count:>14d} {count / total if total else 0.0:8.4f}")
     return {"classes": list(dataset.classes), "pixel_counts": counts.tolist(), "split": split}
 

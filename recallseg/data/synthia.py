@@ -184,9 +184,8 @@ class Synthia(_SynthiaBase):
                         raise layout_error("Synthia", self.root, SEQS_LAYOUT, f"no label directory {label_dir}", found)
                     images = {p.name: p for p in list_files(image_dir, ".png")}
                     labels = {p.name: p for p in list_files(label_dir, ".png")}
-                    for image, label in pair_files(
-                        "Synthia", images, labels, lambda k: label_dir / k, lambda k: image_dir / k
-                    ):
+                    expected_label, expected_image = (lambda k, d=label_dir: d / k), (lambda k, d=image_dir: d / k)
+                    for image, label in pair_files("Synthia", images, labels, expected_label, expected_image):
                         pairs.append((f"{sequence}/{side}/{camera}/{image.name}", image, label))
         if not pairs:
             raise layout_error("Synthia", self.root, SEQS_LAYOUT, "no PNG frames found", self.root / self.sequences[0] / "RGB")
