@@ -150,11 +150,12 @@ class RandomScaleCrop(A.DualTransform):
         height, width: output size.
         scale: ``[min, max]`` scale factor, drawn uniformly (the paper: 0.75-2.0).
         fill: image padding value; ``fill_mask``: mask padding value (the ignore index).
-        p: probability; when not applied the frame is only cropped/padded (scale 1).
+
+    Always applied (the output size must not depend on chance); ``scale: [1, 1]`` only crops.
     """
 
-    def __init__(self, height: int, width: int, scale: Sequence[float] = (0.75, 2.0), fill: int = 0, fill_mask: int = 255, p: float = 1.0):
-        super().__init__(p=p)
+    def __init__(self, height: int, width: int, scale: Sequence[float] = (0.75, 2.0), fill: int = 0, fill_mask: int = 255):
+        super().__init__(p=1.0)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise ValueError(f"RandomScaleCrop scale must be [min, max] with 0 < min <= max, got {scale}")
         self.height, self.width = int(height), int(width)
