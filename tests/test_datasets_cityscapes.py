@@ -6,6 +6,7 @@ from cityscapesscripts.helpers.labels import labels as official_labels
 
 from dataset_trees import make_cityscapes, write_array
 from recallseg.data.cityscapes import CLASSES, Cityscapes, label_id_lookup_table, train_ids_to_label_ids
+from recallseg.data.synthia import RAND_CLASSES
 from recallseg.data.io import DatasetError
 
 
@@ -129,3 +130,14 @@ def test_resize_applies_to_image_and_mask(tmp_path):
     make_cityscapes(tmp_path, frames={"train": 1}, size=(32, 64))
     image, mask = Cityscapes(tmp_path, "train", resize=[16, 32])[0]
     assert image.shape == (16, 32, 3) and mask.shape == (16, 32)
+
+
+def test_the_synthia16_class_set_matches_synthia_rand_cityscapes(tmp_path):
+    written = make_cityscapes(tmp_path, frames={"val": 1}, train_ids_for=["val"])
+    for label_type in ("labelIds", "labelTrainIds"):
+        ds = Cityscapes(tmp_path, "val", class_set="synthia16", label_type=label_type)
+        assert tuple(ds.classes) == RAND_CLASSES and len(ds.palette) == 16
+        train_ids = label_id_lookup_table()[written["val"][0][1]]
+        names = np.array([*CLASSES, *["ignore"] * (256 - 19)])[train_ids]
+        expected = np.array([RAND_CLASSES.index(n) if n in RAND_CLASSES else 255 for n in names.ravel()]).reshape(names.shape)
+        assert np.array_equal(ds[0][1], expected)

@@ -50,6 +50,12 @@ KNOWN_TRAIN_IDS = np.zeros(256, dtype=bool)
 KNOWN_TRAIN_IDS[: len(CLASSES)] = True
 KNOWN_TRAIN_IDS[255] = True
 
+# The 16 classes shared with SYNTHIA-RAND-CITYSCAPES (terrain, truck and train dropped), for
+# scoring Synthia-trained models on Cityscapes: 19-class train id -> 16-class id.
+SYNTHIA16_CLASSES = tuple(name for name in CLASSES if name not in ("terrain", "truck", "train"))
+TRAIN_ID_TO_SYNTHIA16 = {i: SYNTHIA16_CLASSES.index(name) for i, name in enumerate(CLASSES) if name in SYNTHIA16_CLASSES}
+CLASS_SETS = ("cityscapes19", "synthia16")
+
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIXES = {"labelIds": "_gtFine_labelIds.png", "labelTrainIds": "_gtFine_labelTrainIds.png"}
@@ -82,6 +88,9 @@ class Cityscapes(FilePairDataset):
         label_type: ``auto`` (a frame's ``labelTrainIds`` file when present, else its
             ``labelIds`` through the lookup table), ``labelIds`` or ``labelTrainIds``.
         ignore_index: the value of ignored pixels (255).
+        class_set: ``cityscapes19`` (the benchmark's 19 classes) or ``synthia16`` (the 16 classes
+            shared with SYNTHIA-RAND-CITYSCAPES, same order and ids as ``SynthiaRandCityscapes``;
+            terrain, truck and train are ignored), to score Synthia-trained models.
         resize: optional ``[height, width]`` applied when loading (see ``FilePairDataset``).
         transform: optional albumentations-style transform.
     """
@@ -89,23 +98,35 @@ class Cityscapes(FilePairDataset):
     classes = CLASSES
     palette = PALETTE
 
-    def __init__(self, root, split: str = "train", transform=None, label_type: str = "auto", ignore_index: int = 255, resize=None):
+    def __init__(
+        self, root, split: str = "train", transform=None, label_type: str = "auto", ignore_index: int = 255,
+        class_set: str = "cityscapes19", resize=None,
+    ):  # fmt: skip
         super().__init__(root, split, transform=transform, resize=resize)
         if split not in SPLITS:
             raise ValueError(f"Cityscapes split must be one of {list(SPLITS)}, got {split!r}")
         if label_type not in ("auto", *LABEL_SUFFIXES):
             raise ValueError(f"Cityscapes label_type must be auto, labelIds or labelTrainIds, got {label_type!r}")
+        if class_set not in CLASS_SETS:
+            raise ValueError(f"Cityscapes class_set must be one of {list(CLASS_SETS)}, got {class_set!r}")
         if 0 <= ignore_index < len(CLASSES):
             raise ValueError(f"Cityscapes ignore_index {ignore_index} collides with a train id (0..{len(CLASSES) - 1})")
-        self.label_type = label_type
+        self.label_type, self.class_set = label_type, class_set
         self.ignore_index = int(ignore_index)
-        self.lookup = label_id_lookup_table(self.ignore_index).astype(self.mask_dtype())
-        self.train_id_lookup = lookup_table({i: i for i in range(len(CLASSES))}, 256, self.ignore_index, self.mask_dtype())
+        train_ids = {i: i for i in range(len(CLASSES))}
+        if class_set == "synthia16":
+            self.classes = SYNTHIA16_CLASSES
+            self.palette = tuple(PALETTE[CLASSES.index(name)] for name in SYNTHIA16_CLASSES)
+            train_ids = TRAIN_ID_TO_SYNTHIA16
+        # raw value -> final id, one table per label file type (a lookup, never id by id in place)
+        label_ids = {label_id: train_ids[t] for label_id, t in LABEL_ID_TO_TRAIN_ID.items() if t in train_ids}
+        self.lookup = lookup_table(label_ids, 256, self.ignore_index, self.mask_dtype())
+        self.train_id_lookup = lookup_table(train_ids, 256, self.ignore_index, self.mask_dtype())
         self.samples = self._find_samples()
         self.has_labels = all(sample.label is not None for sample in self.samples)
 
     def options(self) -> dict[str, Any]:
-        return {"label_type": self.label_type}
+        return {"label_type": self.label_type, "class_set": self.class_set}
 
     def _find_samples(self) -> list[Sample]:
         image_dir = self.root / "leftImg8bit" / self.split
