@@ -72,7 +72,7 @@ class AuthorsRecallLossReference(nn.Module):
         is_ignore = present == self.ignore_index
         if is_ignore.any():  # host sync, as in their code
             counts = counts.clone()
-            counts[is_ignore] = counts[1] if counts.numel() > 1 else counts[0]
+            counts[is_ignore] = (counts[1] if counts.numel() > 1 else counts[0]).clone()
             present = torch.where(is_ignore, torch.ones_like(present), present)
         counter[present] = counts.float()
         return counter

@@ -23,8 +23,10 @@ def class_sums(labels: torch.Tensor, values: torch.Tensor | None, num_classes: i
     """Per-class sums of ``values`` (counts when ``values`` is None) over pixels labelled ``0..C-1``.
 
     Labels outside ``[0, C)`` (the caller maps ignored pixels to ``C``) fall out of the result.
-    On CPU a bincount is fastest. On CUDA a one-hot compare-and-sum avoids the atomics that a
-    scatter into a handful of bins contends on, and ``torch.bincount`` would sync to size its output.
+    On CPU a bincount is fastest. On CUDA counts come from ``torch.histc`` (``torch.bincount``
+    would sync to size its output; a scatter into a handful of bins contends on atomics);
+    weighted sums, and counts under ``torch.use_deterministic_algorithms``, from a one-hot
+    compare-and-sum.
     """
     labels = labels.reshape(-1)
     if values is not None:
@@ -32,6 +34,11 @@ def class_sums(labels: torch.Tensor, values: torch.Tensor | None, num_classes: i
     if labels.device.type == "cpu":
         counts = torch.bincount(labels, weights=values, minlength=num_classes + 1)[:num_classes]
         return counts.to(torch.float32)
+    if values is None and not torch.are_deterministic_algorithms_enabled():
+        # One histogram kernel that bins in shared memory per block: no C x P one-hot matrix
+        # and no contended global atomics. float64 keeps counts exact beyond 2**24 pixels.
+        # Values outside [0, C] (never produced by callers) would be dropped, as below.
+        return torch.histc(labels.double(), bins=num_classes + 1, min=0, max=num_classes + 1)[:num_classes].float()
     classes = torch.arange(num_classes, device=labels.device, dtype=labels.dtype)
     onehot = labels.unsqueeze(0) == classes.unsqueeze(1)  # C x P
     if values is None:
