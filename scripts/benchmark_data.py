@@ -2,6 +2,7 @@
 
     python scripts/benchmark_data.py                          # 16 frames per dataset, temp dir
     python scripts/benchmark_data.py --frames 32 --json outputs/data_benchmark.json
+    python scripts/benchmark_data.py --loader-workers 16     # also a whole DataLoader, 16 workers
 
 Writes real-size frames in the public layouts (1280x760 SYNTHIA-SEQS, 2048x1024 Cityscapes):
 smooth regions with edges, gradients and sensor noise, so PNG decoding costs what it costs on
@@ -103,6 +104,28 @@ def samples_per_second(dataset, min_samples: int, min_seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
+def _one_thread(worker_id: int) -> None:
+    cv2.setNumThreads(1)
+
+
+def loader_samples_per_second(dataset, workers: int, batch_size: int, min_seconds: float) -> float:
+    """Samples/s of a whole DataLoader (``workers`` processes, uint8 batches), after its warm-up."""
+    from torch.utils.data import DataLoader
+
+    per_batch_guess = 40.0 * workers  # enough keys for min_seconds at a generous rate
+    keys = [(i % len(dataset), i) for i in range(int(per_batch_guess * min_seconds * 4) + batch_size * (workers + 2))]
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=keys, num_workers=workers, worker_init_fn=_one_thread, prefetch_factor=4)
+    iterator = iter(loader)
+    for _ in range(workers):  # every worker has started and produced a batch
+        next(iterator)
+    count, start = 0, time.perf_counter()
+    for images, _ in iterator:
+        count += images.shape[0]
+        if time.perf_counter() - start >= min_seconds:
+            break
+    return count / (time.perf_counter() - start)
+
+
 def megabytes(paths) -> float:
     sizes = [p.stat().st_size for p in paths]
     return sum(sizes) / len(sizes) / 1e6
@@ -114,6 +137,8 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=3.0, help="time each measurement at least this long")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the frames and cache (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=Path("outputs/data_benchmark.json"))
+    parser.add_argument("--loader-workers", type=int, default=0, help="also time a DataLoader with this many workers (0: skip)")
+    parser.add_argument("--batch-size", type=int, default=6, help="batch size of the DataLoader measurement")
     args = parser.parse_args()
 
     cv2.setNumThreads(1)  # one DataLoader worker = one core
@@ -149,10 +174,17 @@ def main() -> None:
             fill = len(cached) / (time.perf_counter() - start)
             cached.transform = plain.transform
             cached_rate = samples_per_second(cached, 4 * len(cached), args.min_seconds)
+            loader = {}
+            if args.loader_workers:
+                loader = {
+                    "loader_workers": args.loader_workers,
+                    "loader_uncached_samples_per_s": round(loader_samples_per_second(plain, args.loader_workers, args.batch_size, args.min_seconds), 1),
+                    "loader_cached_samples_per_s": round(loader_samples_per_second(cached, args.loader_workers, args.batch_size, args.min_seconds), 1),
+                }
             rows.append({
                 "protocol": name, "pipeline": description, "frames": len(plain), "image_png_mb": round(png_mb, 2),
                 "label_png_mb": round(label_mb, 3), "uncached_samples_per_s": round(uncached, 1),
-                "cache_fill_frames_per_s": round(fill, 1), "cached_samples_per_s": round(cached_rate, 1),
+                "cache_fill_frames_per_s": round(fill, 1), "cached_samples_per_s": round(cached_rate, 1), **loader,
             })  # fmt: skip
 
     machine = {
@@ -168,6 +200,12 @@ def main() -> None:
             f"{row['protocol']:<18}{row['pipeline']:<46}{row['image_png_mb']:>8.2f}"
             f"{row['uncached_samples_per_s']:>12.1f}{row['cached_samples_per_s']:>10.1f}{row['cache_fill_frames_per_s']:>8.1f}"
         )
+    for row in rows:
+        if "loader_workers" in row:
+            print(
+                f"DataLoader, {row['loader_workers']} workers, batch {args.batch_size}: {row['protocol']}: "
+                f"{row['loader_uncached_samples_per_s']:.1f} samples/s uncached, {row['loader_cached_samples_per_s']:.1f} cached"
+            )
     print("targets per worker: >= 30 uncached, >= 200 cached (authors' loader: ~21/s for the Synthia protocol)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": machine, "results": rows}, indent=2))
