@@ -67,8 +67,10 @@ def make_batch(batch: int, height: int, width: int, num_classes: int, device: to
     return images.to(device), target.to(device)
 
 
-def train_step_speed(loss_name: str, mode: str, device: torch.device, shape, batch: int, num_classes: int, iters: int, warmup: int) -> float:
-    """Images per second of the full training step."""
+def train_step_speed(
+    loss_name: str, mode: str, device: torch.device, shape, batch: int, num_classes: int, iters: int, warmup: int, profile: bool = False
+) -> float:
+    """Images per second of the full training step (with ``profile``, also print the top kernels)."""
     settings = MODES[mode]
     if settings["graph"] and device.type != "cuda":
         raise ValueError("CUDA graphs need CUDA")
@@ -115,6 +117,15 @@ def train_step_speed(loss_name: str, mode: str, device: torch.device, shape, bat
     for _ in range(warmup):
         run()
     synchronize()
+    if profile:
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(5):
+                run()
+            synchronize()
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"-- profile of 5 steps, {loss_name}/{mode}")
+        print(profiler.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
     start = time.perf_counter()
     for _ in range(iters):
         run()
@@ -151,6 +162,7 @@ def main() -> None:
     parser.add_argument("--modes", default=None, help=f"comma list of {','.join(MODES)} (default: fp32 on CPU; fp32,bf16_cl,bf16_cl_graph on CUDA)")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--profile", action="store_true", help="print the top kernels of each loss and mode (torch.profiler)")
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark.json"))
     args = parser.parse_args()
 
@@ -175,7 +187,7 @@ def main() -> None:
                     row[mode] = None  # it synchronises with the host every step: cannot be captured
                     continue
                 try:
-                    row[mode] = round(train_step_speed(loss_name, mode, device, shape, batch, args.classes, iters, warmup), 1)
+                    row[mode] = round(train_step_speed(loss_name, mode, device, shape, batch, args.classes, iters, warmup, args.profile), 1)
                 except Exception as error:  # report and go on: one failing mode must not hide the rest
                     print(f"  {loss_name}/{mode} failed: {type(error).__name__}: {str(error).splitlines()[0]}")
                     row[mode] = None
