@@ -1,0 +1,78 @@
+"""scripts/predict.py: colour masks and overlays for arbitrary images, clear errors for bad input."""
+
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, run_entry_point
+from model_checkpoints import write_checkpoint
+from recallseg.data.synthetic import CLASSES, PALETTE, SyntheticStreets
+
+sys.path.insert(0, str(REPO / "scripts"))
+import predict  # noqa: E402  (scripts/predict.py)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    images = np.stack([SyntheticStreets("val", 64, 96, num_val=2)[i][0] for i in range(2)])
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", CLASSES, ["dataset.height=64", "dataset.width=96"], images=images)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Images of odd sizes and several formats, one in a subfolder, plus files that are not images."""
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "street.jpg"), rng.integers(0, 255, (50, 77, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "grey.png"), rng.integers(0, 255, (33, 41), dtype=np.uint8))
+    cv2.imwrite(str(folder / "more" / "deep.png"), rng.integers(0, 65535, (40, 70, 3), dtype=np.uint16))
+    cv2.imwrite(str(folder / "wide.bmp"), rng.integers(0, 255, (20, 130, 3), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_colour_masks_and_overlays_for_any_size_and_format(checkpoint, photos, tmp_path):
+    out = tmp_path / "out"
+    result = run_entry_point("scripts/predict.py", f"checkpoint={checkpoint}", f"input={photos}", f"output={out}", "device=cpu", "inference.flip=true")
+    sizes = {"street": (50, 77), "grey": (33, 41), "more/deep": (40, 70), "wide": (20, 130)}
+    palette = {tuple(c) for c in PALETTE}
+    for name, (height, width) in sizes.items():
+        colour = cv2.imread(str(out / "color" / f"{name}.png"))[:, :, ::-1]
+        overlay = cv2.imread(str(out / "overlay" / f"{name}.png"))
+        assert colour.shape == overlay.shape == (height, width, 3), name
+        assert {tuple(c) for c in np.unique(colour.reshape(-1, 3), axis=0)} <= palette
+    assert "notes.txt" in result.stderr and "skipped" in result.stderr  # unreadable files are named, not fatal
+    assert "4 image(s)" in result.stdout
+
+
+def test_a_folder_without_readable_images_is_a_clear_error(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "a.txt").write_text("text")
+    (folder / "b.png").write_bytes(b"\x89PNG broken")
+    assert predict.main([f"checkpoint={checkpoint}", f"input={folder}", f"output={tmp_path / 'out'}", "device=cpu"]) == 2
+    error = capsys.readouterr().err
+    assert "no readable image in" in error and str(folder) in error and "b.png" in error
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_an_empty_folder_and_a_missing_input_are_clear_errors(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert predict.main([f"checkpoint={checkpoint}", f"input={tmp_path / 'empty'}", f"output={tmp_path / 'out'}"]) == 2
+    assert "no readable image" in capsys.readouterr().err
+    assert predict.main([f"checkpoint={checkpoint}", f"input={tmp_path / 'nowhere'}", f"output={tmp_path / 'out'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_checkpoints_and_arguments_are_clear_errors(tmp_path, photos, capsys):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 10)
+    assert predict.main([f"checkpoint={tmp_path / 'none.pt'}", f"input={photos}", f"output={tmp_path}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert predict.main([f"checkpoint={garbage}", f"input={photos}", f"output={tmp_path}"]) == 2
+    assert str(garbage) in capsys.readouterr().err
+    assert predict.main([f"input={photos}"]) == 2
+    assert "missing checkpoint=..., output=..." in capsys.readouterr().err
