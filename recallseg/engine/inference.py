@@ -206,6 +206,7 @@ def benchmark_inference(
     warmup: int = 1,
     device: str | torch.device | None = None,
     amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
     **settings: Any,
 ) -> dict[str, Any]:
     """Images per second of ``model`` on random ``[batch_size, 3, H, W]`` inputs (``shape`` = ``(H, W)``).
@@ -218,6 +219,8 @@ def benchmark_inference(
     model = model.to(device).eval()
     infer = Inference(InferenceSettings(mode=mode, **settings))
     x = torch.randn(batch_size, 3, height, width, device=device)
+    if channels_last:  # as the runtime's Normalizer hands batches to a channels-last model
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def run() -> None:
         if amp_dtype is not None:
