@@ -20,9 +20,10 @@ class OhemCrossEntropyLoss(SegmentationLoss):
     (``CE_n > -log(thresh)``) or when it is among the ``min_kept`` hardest non-ignored pixels
     of the whole batch (``CE_n >=`` the ``min_kept``-th largest CE), so at least ``min_kept``
     pixels are kept whenever the batch has that many. The loss is the mean CE over kept pixels.
-    In probability terms the cut is ``p < max(thresh, p_(min_kept))`` as in the common
-    implementations. The hardest pixels are ranked over all pixels of the batch, flattened
-    (the authors' code ranked along the wrong dimension).
+    In loss terms the cut is ``CE_n >= min(-log(thresh), kth hardest CE)`` (the ``min``: taking the
+    ``max`` would keep at most ``min_kept`` pixels); in probability terms it is the usual
+    ``p < thresh or p <= p_(min_kept)``. The hardest pixels are ranked over all pixels of the
+    batch, flattened (the authors' code ranked along the wrong dimension).
 
     Args:
         num_classes: number of classes C.
