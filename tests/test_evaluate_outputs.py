@@ -98,7 +98,7 @@ def test_cityscapes_export_scores_the_same_with_the_official_evaluator(tmp_path)
     # Frames of 64x128, loaded resized to 32x64 (dataset.resize): recallseg must score, and
     # export, at the label files' full resolution, as the official evaluator does.
     root = tmp_path / "cityscapes"
-    written = make_cityscapes(root, frames={"val": 3}, size=(64, 128), seed=1)
+    written = make_cityscapes(root, frames={"val": 3, "test": 2}, size=(64, 128), seed=1)
     small = np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (64, 32), interpolation=cv2.INTER_LINEAR) for p, _ in written["val"]])
     checkpoint = write_checkpoint(
         tmp_path / "cityscapes.pt", CITYSCAPES_CLASSES, ["dataset=cityscapes", f"dataset.root={root}", "dataset.resize=[32,64]"], images=small
@@ -122,12 +122,21 @@ def test_cityscapes_export_scores_the_same_with_the_official_evaluator(tmp_path)
     # Both average over the classes whose IoU is defined (NaN: no ground truth and never predicted).
     assert official["averageScoreClasses"] == pytest.approx(metrics["mIoU"], abs=1e-9)
 
+    # The test split has no public labels: predictions are still exported, at full resolution.
+    test_out = tmp_path / "test"
+    evaluate_in_process(test_out, f"checkpoint={checkpoint}", "dataset.split=test", "predictions.save=true", "predictions.format=cityscapes")
+    exported = sorted((test_out / "predictions").rglob("*.png"))
+    assert [f.name for f in exported] == [p.name for p, _ in written["test"]]
+    assert all(cv2.imread(str(f), cv2.IMREAD_UNCHANGED).shape == (64, 128) for f in exported)
+
 
 def test_a_non_recallseg_checkpoint_gets_a_clear_error(tmp_path):
+    from recallseg.engine.checkpoint import CheckpointError
+
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
-    result = run_entry_point("evaluate.py", f"checkpoint={foreign}", f"hydra.run.dir={tmp_path / 'out'}", check=False)
-    assert result.returncode != 0 and "not a recallseg checkpoint" in result.stderr and str(foreign) in result.stderr
+    with pytest.raises(CheckpointError, match=f"{foreign} is not a recallseg checkpoint"):
+        evaluate_in_process(tmp_path / "out", f"checkpoint={foreign}")
 
 
 def test_a_truncated_checkpoint_gets_a_clear_error(synthetic_checkpoint, tmp_path):

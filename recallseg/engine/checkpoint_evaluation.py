@@ -135,6 +135,8 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     confusion = matrix.compute()
     metrics = metrics_from_confusion(confusion, classes)
     if runtime.is_main:
+        if int(confusion.sum()) == 0:
+            log.warning("no labelled pixels in the %s split (a test split without public labels?): every metric is n/a", split)
         print(format_table(metrics), flush=True)
         extra: dict[str, Any] = {
             "iteration": int(state.get("iteration", 0)),
