@@ -148,3 +148,28 @@ def test_unreachable_encoder_weights_give_a_message_that_says_what_to_do(tmp_pat
         build_model({"arch": "DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": "imagenet"}, 3)
     message = str(info.value)
     assert "model.encoder_weights=null" in message and "pre-download" in message and "resnet18" in message
+
+
+def test_cuda_graph_option_refuses_what_cannot_be_captured():
+    from recallseg.engine.cuda_graph import check_graph_support
+
+    cpu = Runtime(torch.device("cpu"), None, False)
+    with pytest.raises(ValueError, match="needs CUDA"):
+        check_graph_support(cpu, "stop", "torch.optim.AdamW")
+    fp16_ddp = Runtime(torch.device("cpu"), torch.float16, True, rank=0, world_size=2)
+    with pytest.raises(ValueError) as info:
+        check_graph_support(fp16_ddp, "skip", "torch.optim.RMSprop")
+    for part in ("torchrun", "GradScaler", "nonfinite=stop", "RMSprop"):
+        assert part in str(info.value)
+
+
+def test_capturable_optimizer_keeps_lr_in_a_tensor_the_scheduler_fills():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = build_optimizer({"_target_": "torch.optim.AdamW", "lr": 0.1}, params, torch.device("cpu"), capturable=True)
+    lr = opt.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor)
+    sched = build_scheduler({"name": "poly", "power": 1.0}, opt, max_iters=4)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] is lr  # filled in place, so a captured graph sees the new value
+    assert float(lr) == pytest.approx(0.075)

@@ -41,16 +41,23 @@ class SegmentationDataset(Dataset):
         """A human-readable name of sample ``index`` (a file path for file datasets), for error messages."""
         return f"{type(self).__name__}[{index}]"
 
+    def load_for_transform(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """What the transform receives: ``load`` by default. File datasets hand over masks in a
+        compact dtype (``io.CompactFrames``), so augmentation moves fewer bytes."""
+        return self.load(index)
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
-        image, mask = self.load(index)
+        image, mask = self.load_for_transform(index)
         if self.transform is not None:
             if seed is not None and hasattr(self.transform, "set_random_seed"):
                 self.transform.set_random_seed(int(seed))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return np.ascontiguousarray(image), np.ascontiguousarray(mask, dtype=np.int64)
+        image, mask = np.ascontiguousarray(image), np.ascontiguousarray(mask, dtype=np.int64)
+        # Cached frames may be read-only views of a memory map: hand out writable arrays.
+        return (image if image.flags.writeable else image.copy()), (mask if mask.flags.writeable else mask.copy())

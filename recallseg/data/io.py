@@ -234,22 +234,8 @@ class CompactFrames:
         image, mask = self.load_compact(index)
         return (image if image.flags.writeable else image.copy()), mask.astype(np.int64)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        # SegmentationDataset.__getitem__ (same keys, same seeding), on the compact frame.
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
-        image, mask = self.load_compact(index)
-        if self.transform is not None:
-            if seed is not None and hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(int(seed))
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        image = np.ascontiguousarray(image)
-        mask = np.ascontiguousarray(mask, dtype=np.int64)
-        return (image if image.flags.writeable else image.copy()), (mask if mask.flags.writeable else mask.copy())
+    def load_for_transform(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.load_compact(index)
 
 
 class FilePairDataset(CompactFrames, SegmentationDataset):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
@@ -49,6 +50,12 @@ class TrainingStream(Sampler):
             epoch, offset = epoch + 1, 0
 
 
+def single_threaded_opencv(worker_id: int) -> None:
+    """Each DataLoader worker is one core: without this, every worker's OpenCV sizes its own
+    thread pool to all the cores and they fight over them."""
+    cv2.setNumThreads(1)
+
+
 def train_loader(
     dataset: SegmentationDataset,
     batch_size: int,
@@ -70,6 +77,7 @@ def train_loader(
         drop_last=True,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
+        worker_init_fn=single_threaded_opencv,
     )
 
 
@@ -79,4 +87,6 @@ def eval_loader(
     """Validation/test loader; with several ranks each scores a disjoint shard (matrices are summed)."""
     if world_size > 1:  # a strided shard: unlike DistributedSampler, it never pads with duplicates
         dataset = Subset(dataset, range(rank, len(dataset), world_size))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=single_threaded_opencv
+    )

@@ -30,7 +30,8 @@ from ..metrics import format_table, metrics_from_confusion
 from ..models import build_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluation import evaluate
-from .optim import build_optimizer, build_scheduler
+from .cuda_graph import GraphedStep, check_graph_support
+from .optim import build_optimizer, build_scheduler, current_lr
 from .reporting import PerClassHistory, log_metrics, write_metrics_json
 from .runtime import Normalizer, Runtime, init_runtime, seed_everything
 
@@ -135,7 +136,10 @@ class Trainer:
 
         context = LossContext(self.num_classes, self.ignore_index, class_pixel_counts=self._training_pixel_counts)
         self.criterion = build_loss(cfg.loss, context).to(device)
-        self.optimizer = build_optimizer(cfg.optimizer, self.module.parameters(), device)
+        self.cuda_graph = bool(tcfg.get("cuda_graph", False))
+        if self.cuda_graph:
+            check_graph_support(self.runtime, self.nonfinite, cfg.optimizer._target_)
+        self.optimizer = build_optimizer(cfg.optimizer, self.module.parameters(), device, capturable=self.cuda_graph)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, tcfg.max_iters)
         # The GradScaler skips steps whose gradients are not finite, without a host sync when the
         # optimizer is fused. fp16 needs it for scaling; trainer.nonfinite=skip uses it at scale 1.
@@ -144,6 +148,7 @@ class Trainer:
         growth = 2000 if self.runtime.uses_grad_scaler else 2**31 - 1
         self.scaler = torch.amp.GradScaler(device.type, init_scale=scale, growth_interval=growth, enabled=use_scaler)
         self.normalizer = Normalizer(cfg.model.mean, cfg.model.std, self.runtime)
+        self._graphed = GraphedStep(self._optimize, device) if self.cuda_graph else None
 
         monitor = str(tcfg.get("monitor", "mIoU")).removeprefix("val/")
         if monitor not in MONITOR_KEYS:
@@ -160,7 +165,9 @@ class Trainer:
         if dataset_cfg.get("stats_file"):
             return read_statistics(dataset_cfg["stats_file"], self.num_classes)
         raw = build_dataset(dataset_cfg, dataset_cfg.get("train_split", "train"), transform=None)
-        key_cfg = {k: v for k, v in dataset_cfg.items() if k not in ("train_transform", "val_transform", "split", "val_split")}
+        # The counts depend on the labels only: leave out transforms, evaluation splits and caching.
+        unrelated = ("train_transform", "val_transform", "split", "val_split", "cache", "cache_dir", "size_divisor")
+        key_cfg = {k: v for k, v in dataset_cfg.items() if k not in unrelated}
         return cached_class_pixel_counts(raw, key_cfg, dataset_cfg.get("train_split", "train"), self.cfg.paths.cache_dir, self.cfg.trainer.num_workers)
 
     # -- checkpoints --
@@ -183,6 +190,12 @@ class Trainer:
         """Everything but the random states, which ``fit`` restores once the data stream exists."""
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint of the other mode stores lr as float/tensor
+            lr = group["lr"]
+            if self.cuda_graph and not isinstance(lr, torch.Tensor):
+                group["lr"] = torch.tensor(float(lr), device=self.runtime.device)
+            elif not self.cuda_graph and isinstance(lr, torch.Tensor):
+                group["lr"] = float(lr)
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -357,6 +370,12 @@ class Trainer:
 
     def step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the loss as a device tensor (no host sync)."""
+        loss = self._graphed(images, masks) if self._graphed is not None else self._optimize(images, masks)
+        self.scheduler.step()  # outside any graph: it sets the next learning rate
+        return loss
+
+    def _optimize(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Forward, loss, backward and optimizer update (what ``trainer.cuda_graph`` captures)."""
         x = self.normalizer(images)
         target = masks.to(self.runtime.device, non_blocking=True)
         with self.runtime.autocast():
@@ -369,7 +388,6 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.trainer.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         return loss
 
     def _log_train(self, mean_loss: float, speed: float, skipped: int = 0) -> None:
@@ -379,7 +397,7 @@ class Trainer:
         if math.isfinite(mean_loss):
             self.writer.add_scalar("train/loss", mean_loss, step)
         self.writer.add_scalar("train/skipped_steps", skipped, step)
-        self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], step)
+        self.writer.add_scalar("train/lr", current_lr(self.optimizer), step)
         self.writer.add_scalar("train/iterations_per_second", speed, step)
         for name, values in self.criterion.extra_logs().items():
             values = values.float().cpu()
@@ -388,8 +406,8 @@ class Trainer:
             if name == "recall_weight" or name.endswith("/recall_weight"):
                 self.weight_history.append(values)
                 self.writer.add_image(f"train/{name}_heatmap", self.weight_history.image(), step, dataformats="HWC")
-        log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f it/s", step, self.cfg.trainer.max_iters, mean_loss, self.scheduler.get_last_lr()[0], speed)
-        self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f it/s", step, self.cfg.trainer.max_iters, mean_loss, current_lr(self.optimizer), speed)
+        self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{current_lr(self.optimizer):.2e}")
 
     def _validate_and_checkpoint(self) -> dict:
         metrics = self.validate()
