@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,10 +15,25 @@ _SOURCE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_PATH = str(_SOURCE_CONFIGS) if (_SOURCE_CONFIGS / "train.yaml").is_file() else "pkg://recallseg.configs"
 
 
+class UserError(SystemExit):
+    """A problem the user can fix (bad file, bad value): the message alone, exit status 2."""
+
+
+def _report_user_errors(function, cfg: DictConfig):
+    from .data.io import DatasetError
+    from .engine.checkpoint import CheckpointError
+
+    try:
+        return function(cfg)
+    except (CheckpointError, DatasetError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise UserError(2) from None
+
+
 def run_training(cfg: DictConfig) -> float:
     from .engine.trainer import train
 
-    metrics = train(cfg)
+    metrics = _report_user_errors(train, cfg)
     # The monitored value, for Hydra sweepers; NaN when the run stopped before validating.
     return metrics.get(str(cfg.trainer.get("monitor", "mIoU")).removeprefix("val/"), float("nan"))
 
@@ -25,7 +41,7 @@ def run_training(cfg: DictConfig) -> float:
 def run_evaluation(cfg: DictConfig) -> float:
     from .engine.checkpoint_evaluation import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(cfg, HydraConfig.get().overrides.task)
+    metrics = _report_user_errors(lambda c: evaluate_checkpoint(c, HydraConfig.get().overrides.task), cfg)
     return metrics["mIoU"]
 
 

@@ -55,6 +55,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():  # not a rejected object: the bytes are not a checkpoint
+            raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt or not a PyTorch file ({str(error).splitlines()[0]})") from None
         raise CheckpointError(
             f"refusing to load {path}: it holds Python objects beyond tensors and plain data, "
             f"which could run arbitrary code ({str(error).splitlines()[0]}). Only load checkpoints written by recallseg."

@@ -182,6 +182,7 @@ class Trainer:
             "best_score": self.best_score,
             "monitor": self.monitor,
             "classes": self.classes,
+            "palette": [list(map(int, colour)) for colour in self.train_set.palette] if self.train_set.palette else None,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "rng": rng_state(),
         }
