@@ -65,6 +65,12 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         beta = options.pop("beta", 0.999)
         weights = options.pop("weights", None)
         weights_file = options.pop("weights_file", None)
+        unknown = sorted(set(options) - {"normalize"})
+        if unknown:
+            raise TypeError(
+                f"loss {cls.__name__} does not take option(s) {unknown}; it takes "
+                "['mode', 'beta', 'weights', 'weights_file', 'normalize']"
+            )
         if weights is None and weights_file:
             weights = read_weights_file(weights_file)
         if weights is None:
