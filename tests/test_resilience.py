@@ -146,3 +146,26 @@ def test_two_gloo_ranks_match_one_rank_on_the_global_batch(tmp_path):
     assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), exact=False)
     one, two = read_json(tmp_path / "one" / "metrics.json"), read_json(tmp_path / "two" / "metrics.json")
     assert two["mIoU"] == pytest.approx(one["mIoU"], abs=1e-3)  # sharded validation, all-reduced matrices
+
+
+def test_skipping_keeps_the_scaler_at_one_so_later_steps_are_exact(tmp_path):
+    """Skipped steps must not shrink the loss scale (after ~140 halvings updates would turn inf)."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIG_DIR
+    from recallseg.engine.trainer import Trainer
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"output_dir={tmp_path}", *RUN, "loss=ce", "trainer.nonfinite=skip"])
+    trainer = Trainer(cfg)
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    masks = torch.randint(0, 9, (2, 64, 64))
+    before = {k: v.clone() for k, v in trainer.module.state_dict().items() if k.endswith("weight")}
+    real_loss = trainer.criterion.forward
+    trainer.criterion.forward = lambda logits, target: real_loss(logits, target) * float("nan")
+    for _ in range(3):
+        trainer.step(images, masks)
+        assert trainer._found_inf.item() == 1  # the step was seen as skipped
+    assert trainer.scaler.get_scale() == 1.0
+    after = trainer.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no update was applied

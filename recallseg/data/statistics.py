@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -96,7 +97,7 @@ def write_statistics(path: str | Path, dataset: SegmentationDataset, counts: tor
         "pixel_counts": [int(c) for c in counts.tolist()],
         "frequencies": [int(c) / total if total else 0.0 for c in counts.tolist()],
     }
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # ranks writing the same file never share a temporary
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     tmp.replace(path)
 

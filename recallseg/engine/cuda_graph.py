@@ -49,7 +49,8 @@ class GraphedStep:
             return loss
         self.static_images, self.static_masks = images.clone(), masks.clone()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the DataLoader's pin-memory thread may allocate while we capture.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_loss = self.step(self.static_images, self.static_masks)
         self.graph.replay()
         return self.static_loss

@@ -127,6 +127,8 @@ class Trainer:
         self.model = build_model(cfg.model, self.num_classes).to(device)
         if self.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if tcfg.get("sync_batchnorm", False) and self.runtime.device.type != "cuda":
+            raise ValueError("trainer.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm); on CPU use trainer.freeze_batchnorm=true")
         if self.runtime.distributed and tcfg.get("sync_batchnorm", False):
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.module = self.model
@@ -134,6 +136,10 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
+        if self.runtime.distributed:
+            # The common seed gave every rank the same initial weights (DDP broadcasts rank 0's
+            # anyway); from here on each rank draws its own dropout masks.
+            torch.manual_seed(cfg.seed + 7919 * self.runtime.rank)
         context = LossContext(self.num_classes, self.ignore_index, class_pixel_counts=self._training_pixel_counts)
         self.criterion = build_loss(cfg.loss, context).to(device)
         self.cuda_graph = bool(tcfg.get("cuda_graph", False))
@@ -149,6 +155,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, init_scale=scale, growth_interval=growth, enabled=use_scaler)
         self.normalizer = Normalizer(cfg.model.mean, cfg.model.std, self.runtime)
         self._graphed = GraphedStep(self._optimize, device) if self.cuda_graph else None
+        self._found_inf: torch.Tensor | None = None
 
         monitor = str(tcfg.get("monitor", "mIoU")).removeprefix("val/")
         if monitor not in MONITOR_KEYS:
@@ -232,7 +239,8 @@ class Trainer:
         if path is None:
             log.info("resume=auto: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
             return None
-        state = load_checkpoint(path, map_location=self.runtime.device)
+        # On the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device.
+        state = load_checkpoint(path, map_location="cpu")
         self.load_state_dict(state)
         log.info("resumed from %s at iteration %d", path, self.iteration)
         return state
@@ -288,12 +296,14 @@ class Trainer:
         metrics = None
         bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True, disable=not runtime.is_main)
         self._bar = bar
-        with StopSignal() as stop:
+        with StopSignal() as stop:  # also covers the final save, so a second SIGTERM cannot cut it short
             while self.iteration < stop_at:
                 images, masks = next(batches)
                 loss = self.step(images, masks)
                 self._window_loss += torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0)
                 bad = ~torch.isfinite(loss.detach())
+                if self._found_inf is not None:  # nonfinite=skip: steps the GradScaler skipped for inf gradients
+                    bad = bad | (self._found_inf > 0)
                 self._window_bad += bad
                 self._first_bad = torch.where(bad & (self._first_bad < 0), self.iteration + 1, self._first_bad)
                 self._window_steps += 1
@@ -305,17 +315,19 @@ class Trainer:
                     metrics = self._validate_and_checkpoint()
                 if self._should_stop(stop, stop_at):
                     break
-        bar.close()
-        if self.iteration < tcfg.max_iters:  # stopped early (signal or trainer.stop_after): keep the place
-            if self._window_steps:
-                self._end_log_window()
-            if runtime.is_main:
-                self._save("last.pt")
-                self.writer.close()
-                log.info("stopped at iteration %d; continue with resume=auto (same hydra.run.dir)", self.iteration)
-            if stop.received is not None:
-                raise Interrupted(EXIT_CODES[stop.received])
-            return metrics or {}
+            bar.close()
+            if self.iteration < tcfg.max_iters:  # stopped early (signal or trainer.stop_after): keep the place
+                if self._window_steps:
+                    self._end_log_window()
+                if runtime.is_main:
+                    self._save("last.pt")
+                    self.writer.close()
+                    log.info("stopped at iteration %d; continue with resume=auto (same hydra.run.dir)", self.iteration)
+                if runtime.distributed:  # no rank exits (and makes torchrun kill the others) before last.pt is written
+                    torch.distributed.barrier()
+                if stop.received is not None:
+                    raise Interrupted(EXIT_CODES[stop.received])
+                return metrics or {}
         if metrics is None:  # resumed at max_iters: nothing left to train, still report
             metrics = self.validate()
         if runtime.is_main:
@@ -388,7 +400,13 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.trainer.grad_clip)
         self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.nonfinite == "skip":
+            # Read before update() clears it (no sync: a device tensor).
+            self._found_inf = sum(self.scaler._found_inf_per_device(self.optimizer).values())
+        if self.runtime.uses_grad_scaler:
+            self.scaler.update()
+        else:
+            self.scaler.update(1.0)  # scale 1 for good: backing off after each skip would drift to 0
         return loss
 
     def _log_train(self, mean_loss: float, speed: float, skipped: int = 0) -> None:

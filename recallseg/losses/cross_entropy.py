@@ -26,7 +26,8 @@ class CrossEntropyLoss(SegmentationLoss):
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # reduction="none" then sum: CUDA's summed 2-D NLL has no deterministic kernel.
         total = F.cross_entropy(
-            logits.float(), target, ignore_index=self.ignore_index, reduction="sum", label_smoothing=self.label_smoothing
-        )
+            logits.float(), target, ignore_index=self.ignore_index, reduction="none", label_smoothing=self.label_smoothing
+        ).sum()
         return total / (target != self.ignore_index).sum().clamp_min(1)

@@ -80,7 +80,8 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=list(map(float, weights)), **options)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = F.cross_entropy(logits.float(), target, weight=self.weights, ignore_index=self.ignore_index, reduction="sum")
+        # reduction="none" then sum: CUDA's summed 2-D NLL has no deterministic kernel.
+        total = F.cross_entropy(logits.float(), target, weight=self.weights, ignore_index=self.ignore_index, reduction="none").sum()
         if self.normalize == "pixels":
             denominator = (target != self.ignore_index).sum().clamp_min(1).to(total.dtype)
         else:
