@@ -135,8 +135,6 @@ class Trainer:
         if self.runtime.distributed:
             ids = [device.index] if device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-
-        if self.runtime.distributed:
             # The common seed gave every rank the same initial weights (DDP broadcasts rank 0's
             # anyway); from here on each rank draws its own dropout masks.
             torch.manual_seed(cfg.seed + 7919 * self.runtime.rank)
