@@ -87,8 +87,11 @@ def _names(values: Sequence[str] | str | None, prefix: str, allowed: Sequence[st
 
 
 class _SynthiaBase(FilePairDataset):
-    def __init__(self, root, split, transform, resize, seed, split_fractions):
+    def __init__(self, root, split, transform, resize, seed, split_fractions, ignore_index):
         super().__init__(root, split, transform=transform, resize=resize)
+        if 0 <= ignore_index < len(self.classes):
+            raise ValueError(f"{type(self).__name__} ignore_index {ignore_index} collides with a class id (0..{len(self.classes) - 1})")
+        self.ignore_index = int(ignore_index)
         self.seed = int(seed)
         self.split_fractions = tuple(float(f) for f in split_fractions)
 
@@ -136,18 +139,15 @@ class Synthia(_SynthiaBase):
         resize: Sequence[int] | None = None,
         transform=None,
     ):
-        super().__init__(root, split, transform, resize, seed, split_fractions)
+        super().__init__(root, split, transform, resize, seed, split_fractions, ignore_index)
         if isinstance(sequences, str):
             sequences = [sequences]
         if not sequences:
             raise ValueError("Synthia needs at least one sequence, e.g. sequences=[SYNTHIA-SEQS-05-SUMMER]")
-        if 0 <= ignore_index < len(SEQS_CLASSES):
-            raise ValueError(f"Synthia ignore_index {ignore_index} collides with a class id (0..{len(SEQS_CLASSES) - 1})")
         self.sequences = [str(s) for s in sequences]
         self.sides = _names(sides, "Stereo_", SIDES, "side")
         self.cameras = _names(cameras, "Omni_", CAMERAS, "camera")
         self.void_as_class = bool(void_as_class)
-        self.ignore_index = int(ignore_index)
         self.known = np.ones(len(SEQS_CLASSES), dtype=bool)
         mapping = {i: i for i in range(len(SEQS_CLASSES))}
         if not self.void_as_class:
@@ -228,10 +228,7 @@ class SynthiaRandCityscapes(_SynthiaBase):
         resize: Sequence[int] | None = None,
         transform=None,
     ):
-        super().__init__(root, split, transform, resize, seed, split_fractions)
-        if 0 <= ignore_index < len(RAND_CLASSES):
-            raise ValueError(f"SynthiaRandCityscapes ignore_index {ignore_index} collides with a class id (0..{len(RAND_CLASSES) - 1})")
-        self.ignore_index = int(ignore_index)
+        super().__init__(root, split, transform, resize, seed, split_fractions, ignore_index)
         self.known = np.ones(RAND_NUM_IDS, dtype=bool)
         self.lookup = lookup_table(RAND_ID_TO_TRAIN_ID, RAND_NUM_IDS, self.ignore_index, self.mask_dtype())
         self.samples = self._select(self._find_pairs())
