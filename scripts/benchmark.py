@@ -14,6 +14,9 @@ tensors, for each loss and each mode:
 - `bf16_cl_graph`: the same with the whole step captured in one CUDA graph, fused capturable AdamW;
 - `bf16_cl_compile`: the same, model under torch.compile (default mode).
 
+Losses `ce_triton` and `recall_triton` are CE and recall loss with `kernel: triton`: one fused
+Triton pass over the logits for the forward and one for the backward (CUDA only).
+
 Sections `data` and `eval` run scripts/benchmark_data.py and scripts/benchmark_inference.py
 (when present) and fold their JSON into this one. Shared machines vary by about +-15%:
 compare numbers from one run only.
@@ -38,6 +41,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from recallseg.engine.runtime import Normalizer, Runtime  # noqa: E402
 from recallseg.losses import LossContext, build_loss  # noqa: E402
+from recallseg.losses.fused_statistics import triton_available  # noqa: E402
 from recallseg.models import build_model  # noqa: E402
 
 MODES = {
@@ -158,7 +162,10 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=2, default=None, help="H W (default 384 768 on CUDA, 96 192 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="default 8 on CUDA, 4 on CPU")
     parser.add_argument("--classes", type=int, default=16)
-    parser.add_argument("--losses", default="ce,recall,authors_recall_reference")
+    parser.add_argument(
+        "--losses", default=None,
+        help="comma list (default: ce,recall,authors_recall_reference, plus ce_triton,recall_triton on CUDA with Triton)",
+    )
     parser.add_argument("--modes", default=None, help=f"comma list of {','.join(MODES)} (default: fp32 on CPU; fp32,bf16_cl,bf16_cl_graph on CUDA)")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
@@ -173,6 +180,9 @@ def main() -> None:
     shape = args.shape or ([384, 768] if cuda else [96, 192])
     batch = args.batch or (8 if cuda else 4)
     modes = (args.modes or ("fp32,bf16_cl,bf16_cl_graph" if cuda else "fp32")).split(",")
+    if args.losses is None:
+        fused = cuda and triton_available()
+        args.losses = "ce,ce_triton,recall,recall_triton,authors_recall_reference" if fused else "ce,recall,authors_recall_reference"
     iters, warmup = args.iters or (30 if cuda else 5), args.warmup or (10 if cuda else 2)
     result = {"machine": machine_info(device), "shape": shape, "batch": batch, "classes": args.classes, "train_step": []}
     sections = args.sections.split(",")

@@ -40,7 +40,9 @@ CONFIGS = {
     "ce": {"name": "ce"},
     "weighted_ce": {"name": "weighted_ce", "mode": "median"},
     "class_balanced": {"name": "class_balanced", "beta": 0.9999},
+    "ce_triton": {"name": "ce", "kernel": "triton"},
     "recall": {"name": "recall"},
+    "recall_triton": {"name": "recall", "kernel": "triton"},
     "recall_ema": {"name": "recall", "statistics": "ema"},
     "recall_soft": {"name": "recall", "soft": True},
     "focal": {"name": "focal", "gamma": 2.0},
@@ -100,7 +102,9 @@ def make_batch(shape: tuple[int, int, int, int], ignore_fraction: float, device:
 
 def build_all(names: list[str], num_classes: int, counts: torch.Tensor, device: torch.device) -> dict[str, nn.Module]:
     context = LossContext(num_classes=num_classes, ignore_index=IGNORE, class_pixel_counts=lambda: counts)
-    losses = {name: build_loss(CONFIGS[name], context) for name in names if name in CONFIGS}
+    # The fused Triton kernel (loss.kernel=triton) runs on CUDA only.
+    usable = [n for n in names if n in CONFIGS and (device.type == "cuda" or CONFIGS[n].get("kernel") != "triton")]
+    losses = {name: build_loss(CONFIGS[name], context) for name in usable}
     if "authors_recall_reference" in names:
         losses["authors_recall_reference"] = AuthorsRecallLossReference(num_classes)
     return {name: loss.to(device).train() for name, loss in losses.items()}

@@ -8,6 +8,9 @@ calling the module under test. Gradients of the oracles come from torch.autograd
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from omegaconf import OmegaConf
 from recallseg.losses import LOSSES, FocalLoss, LossContext, SegmentationLoss, build_loss, register_loss
 from recallseg.losses.class_weights import class_weights_from_counts
 from recallseg.losses.functional import class_totals_and_misses, target_is_top1, target_is_top1_from_log_probs
+from recallseg.losses.fused_statistics import triton_available
 
 IGNORE = 255
 C = 4
@@ -532,6 +536,9 @@ def test_build_loss_rejects_unknown_weighted_ce_option():
     "cfg, message",
     [
         ({"name": "recall", "statistics": "running"}, "statistics"),
+        ({"name": "recall", "kernel": "cuda"}, "kernel"),
+        ({"name": "ce", "kernel": "fast"}, "kernel"),
+        ({"name": "ce", "kernel": "triton", "label_smoothing": 0.1}, "label smoothing|triton package"),
         ({"name": "focal", "gamma": -1.0}, "gamma"),
         ({"name": "focal", "alpha": [1.0, 2.0]}, "alpha"),
         ({"name": "lovasz", "classes": "some"}, "classes"),
@@ -571,6 +578,38 @@ def test_user_registered_loss_works_through_build_loss():
             register_loss("test_scaled_ce")(type("Other", (SegmentationLoss,), {}))
     finally:
         LOSSES.pop("test_scaled_ce", None)
+
+
+# ---------------------------------------------------------------- the fused Triton kernel (loss.kernel)
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton")
+def test_fused_kernel_matches_oracles_under_the_triton_interpreter():
+    """``tests/fused_kernel_cases.py`` on CPU tensors, in a process of its own with TRITON_INTERPRET=1."""
+    tests_dir = Path(__file__).resolve().parent
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(tests_dir / "fused_kernel_cases.py")], cwd=tests_dir, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 9 checks passed" in result.stdout, result.stdout
+
+
+def test_triton_kernel_on_cpu_tensors_is_refused_with_the_fix():
+    logits, target = make_batch()
+    if not triton_available():
+        with pytest.raises(ValueError, match="pip install triton"):
+            make("recall", kernel="triton")
+        return
+    with pytest.raises(ValueError, match="CUDA tensors only.*loss.kernel=torch"):
+        make("recall", kernel="triton")(logits, target)
+
+
+def test_auto_kernel_on_cpu_is_the_torch_path():
+    logits, target = make_batch(seed=4)
+    value, grad = value_and_grad(make("recall", kernel="auto"), logits, target)
+    expected, expected_grad = value_and_grad(make("recall", kernel="torch"), logits, target)
+    assert torch.equal(value, expected) and torch.equal(grad, expected_grad)
 
 
 # ---------------------------------------------------------------- no host-device sync on CUDA

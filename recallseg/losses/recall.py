@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .functional import class_sums, class_totals_and_misses, safe_target, target_is_top1_from_log_probs, valid_mask
+from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
 from .registry import SegmentationLoss, register_loss
 
 
@@ -30,6 +31,10 @@ class RecallLoss(SegmentationLoss):
             instead of hard hits.
         sync: all-reduce the per-class counts over DDP ranks so the weights come from the
             global batch; a no-op without an initialised process group.
+        kernel: ``"torch"`` (PyTorch ops, any device), ``"triton"`` (one fused pass over the
+            logits for NLL, hits and counts, and one for the gradient; CUDA tensors, see
+            ``fused_statistics``) or ``"auto"`` (Triton on CUDA when it is installed, else PyTorch).
+            Both give the same loss and gradient up to float32 rounding.
 
     A pixel is a hit when the target's logit is the largest (ties count as hits; see
     ``functional.target_is_top1``). The test runs on the log-probabilities the loss already
@@ -46,6 +51,7 @@ class RecallLoss(SegmentationLoss):
         momentum: float = 0.9,
         soft: bool = False,
         sync: bool = False,
+        kernel: str = "torch",
     ):
         super().__init__(num_classes, ignore_index)
         if statistics not in ("batch", "ema"):
@@ -56,6 +62,7 @@ class RecallLoss(SegmentationLoss):
         self.momentum = float(momentum)
         self.soft = bool(soft)
         self.sync = bool(sync)
+        self.kernel = check_kernel_option(kernel)
         # EMA of [N_c, FN_c]; `seen` turns the first update into a plain copy without a host branch.
         self.register_buffer("ema_counts", torch.zeros(2, num_classes))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
@@ -74,13 +81,8 @@ class RecallLoss(SegmentationLoss):
             totals, misses = class_totals_and_misses(labels, miss, self.num_classes)
         return torch.stack([totals, misses])
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = valid_mask(target, self.ignore_index)
-        # log_softmax + nll_loss is what cross_entropy runs; keeping log_probs lets the hit test
-        # reuse -nll as the target's log-probability instead of gathering from the logits.
-        log_probs = F.log_softmax(logits.float(), dim=1)
-        nll = F.nll_loss(log_probs, target, ignore_index=self.ignore_index, reduction="none")
-        counts = self._counts(log_probs.detach(), target, valid, nll.detach())
+    def _weights(self, counts: torch.Tensor) -> torch.Tensor:
+        """``w_c = FN_c / N_c`` from this batch's ``[N_c, FN_c]``, after DDP sync and EMA as configured."""
         batch_recall = 1.0 - counts[1] / counts[0].clamp_min(1)
         if self.sync and dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
@@ -95,6 +97,20 @@ class RecallLoss(SegmentationLoss):
         weights = counts[1] / counts[0].clamp_min(1e-12)
         weights = torch.where(counts[0] > 0, weights, torch.zeros_like(weights))
         self._last_weights, self._last_batch_recall = weights.detach(), batch_recall.detach()
+        return weights
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if use_fused_kernel(self.kernel, logits):
+            # sum_n w[y_n] * nll_n == sum_c w_c * S_c: the loss needs only per-class sums.
+            stats, nll_sums = class_ce_statistics(logits, target, self.num_classes, self.ignore_index)
+            weights = self._weights(torch.stack([stats[0], stats[2] if self.soft else stats[1]]))
+            return (weights * nll_sums).sum() / stats[0].sum().clamp_min(1)
+        valid = valid_mask(target, self.ignore_index)
+        # log_softmax + nll_loss is what cross_entropy runs; keeping log_probs lets the hit test
+        # reuse -nll as the target's log-probability instead of gathering from the logits.
+        log_probs = F.log_softmax(logits.float(), dim=1)
+        nll = F.nll_loss(log_probs, target, ignore_index=self.ignore_index, reduction="none")
+        weights = self._weights(self._counts(log_probs.detach(), target, valid, nll.detach()))
         # Ignored pixels have nll == 0 already; index weights through a safe target.
         # index_select is ~3x cheaper than advanced indexing (weights[safe]) on CPU.
         per_pixel = weights.index_select(0, safe_target(target, valid).reshape(-1)).view_as(nll) * nll
