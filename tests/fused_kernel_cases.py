@@ -21,8 +21,8 @@ from test_losses import C, IGNORE, ce_oracle, context, make_batch, recall_oracle
 from recallseg.losses import build_loss
 from recallseg.losses.fused_statistics import class_ce_statistics
 
-# 2 x 24 x 40 = 1920 pixels: two blocks of 1024 at C = 4, the second one partly filled.
-MULTI_BLOCK = dict(n=2, h=24, w=40, ignore_fraction=0.25, seed=5)
+# 24 x 48 = 1152 pixels per image: two blocks of 1024 per image at C = 4, the second partly filled.
+MULTI_BLOCK = dict(n=2, h=24, w=48, ignore_fraction=0.25, seed=5)
 
 
 def recall(device: str, **options):

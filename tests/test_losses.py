@@ -595,6 +595,48 @@ def test_fused_kernel_matches_oracles_under_the_triton_interpreter():
     assert "all 9 checks passed" in result.stdout, result.stdout
 
 
+def compile_for_hopper(kernel, num_classes: int, unit_strides: tuple[str, ...]) -> str:
+    """PTX of ``kernel`` for an H100 (sm_90), specialised as a launch at 384x768 would be:
+    bf16 logits, strides equal to 1 as constants, pointers and other sizes divisible by 16."""
+    import inspect
+
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from recallseg.losses.fused_statistics import _launch_geometry
+
+    _, block_p, block_c = _launch_geometry(torch.empty(1, num_classes, 384, 768, device="meta"))
+    constants = {"BLOCK_P": block_p, "BLOCK_C": block_c, "NUM_CLASSES": num_classes, **{name: 1 for name in unit_strides}}
+    names = list(inspect.signature(kernel.fn).parameters)
+    pointer_types = {"target_ptr": "*i64", "partial_ptr": "*fp32", "grad_sums_ptr": "*fp32"}
+    signature = {
+        name: "constexpr" if name in constants else pointer_types.get(name, "*bf16") if name.endswith("_ptr") else "i32"
+        for name in names
+    }
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name not in constants and name != "ignore_index"}
+    source = ASTSource(fn=kernel, signature=signature, constexprs={k: v for k, v in constants.items() if k in names}, attrs=aligned)
+    return triton_compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fused_kernels_compile_for_an_h100_with_vectorised_loads(layout):
+    """Without a GPU: both kernels compile to sm_90 code, and at 16 classes the logits are read
+    (and the gradient written) 16 bytes at a time in either layout, not element by element."""
+    import re
+
+    from recallseg.losses.triton_kernels import backward_kernel, forward_kernel
+
+    unit = ("stride_hw", "grad_stride_hw") if layout == "contiguous" else ("stride_c", "grad_stride_c")
+    forward = compile_for_hopper(forward_kernel, 16, unit)
+    backward = compile_for_hopper(backward_kernel, 16, unit)
+    assert re.search(r"ld\.global(\.\w+)*\.v4\.b32", forward) and not re.search(r"ld\.global(\.\w+)*\.b16", forward)
+    assert re.search(r"st\.global(\.\w+)*\.v4\.b32", backward) and not re.search(r"st\.global(\.\w+)*\.b16", backward)
+    compile_for_hopper(forward_kernel, 19, unit)  # a class count that is not a power of two compiles too
+    compile_for_hopper(backward_kernel, 19, unit)
+
+
 def test_triton_kernel_on_cpu_tensors_is_refused_with_the_fix():
     logits, target = make_batch()
     if not triton_available():

@@ -68,9 +68,12 @@ def _kernels():
     return forward_kernel, backward_kernel
 
 
-def _block_sizes(num_classes: int) -> tuple[int, int]:
-    block_c = max(2, 1 << (num_classes - 1).bit_length())
-    return max(16, _TILE_ELEMENTS // block_c), block_c
+def _launch_geometry(logits: torch.Tensor) -> tuple[tuple[int, int], int, int]:
+    """Grid (pixel blocks per image, images) and tile sizes: a block never spans two images."""
+    n, c, h, w = logits.shape
+    block_c = max(2, 1 << (c - 1).bit_length())
+    block_p = max(16, _TILE_ELEMENTS // block_c)
+    return (max(1, -(-(h * w) // block_p)), n), block_p, block_c
 
 
 def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -90,14 +93,11 @@ class _ClassCEStatistics(torch.autograd.Function):
         if not _flattenable(logits):
             logits = logits.contiguous()
         target = target.contiguous()
-        n, c, h, w = logits.shape
-        num_pixels = n * h * w
-        block_p, block_c = _block_sizes(c)
-        blocks = max(1, -(-num_pixels // block_p))
-        partial = torch.empty(blocks, 4, c, dtype=torch.float32, device=logits.device)
-        forward_kernel[(blocks,)](
-            logits, target, partial, num_pixels, h * w, *_pixel_strides(logits), c, ignore_index,
-            BLOCK_P=block_p, BLOCK_C=block_c,
+        grid, block_p, block_c = _launch_geometry(logits)
+        partial = torch.empty(grid[0] * grid[1], 4, logits.shape[1], dtype=torch.float32, device=logits.device)
+        forward_kernel[grid](
+            logits, target, partial, logits.shape[2] * logits.shape[3], *_pixel_strides(logits), ignore_index=ignore_index,
+            NUM_CLASSES=logits.shape[1], BLOCK_P=block_p, BLOCK_C=block_c,
         )
         sums = partial.sum(dim=0)
         ctx.save_for_backward(logits, target)
@@ -110,17 +110,12 @@ class _ClassCEStatistics(torch.autograd.Function):
     def backward(ctx, grad_counts, grad_nll_sums):
         _, backward_kernel = _kernels()
         logits, target = ctx.saved_tensors
-        n, c, h, w = logits.shape
-        num_pixels = n * h * w
-        block_p, block_c = _block_sizes(c)
-        blocks = max(1, -(-num_pixels // block_p))
-        grad = torch.empty_like(logits)
-        if not _flattenable(grad):
-            grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        backward_kernel[(blocks,)](
-            logits, target, grad_nll_sums.float().contiguous(), grad, num_pixels, h * w,
-            *_pixel_strides(logits), *_pixel_strides(grad), c, ctx.ignore_index,
-            BLOCK_P=block_p, BLOCK_C=block_c,
+        grid, block_p, block_c = _launch_geometry(logits)
+        grad = torch.empty_like(logits)  # same strides as the (flattenable) logits
+        backward_kernel[grid](
+            logits, target, grad_nll_sums.float().contiguous(), grad, logits.shape[2] * logits.shape[3],
+            *_pixel_strides(logits), *_pixel_strides(grad), ignore_index=ctx.ignore_index,
+            NUM_CLASSES=logits.shape[1], BLOCK_P=block_p, BLOCK_C=block_c,
         )
         return grad, None, None, None
 

@@ -10,19 +10,26 @@ import triton.language as tl
 
 
 @triton.jit
-def _tile(logits_ptr, target_ptr, start, num_pixels, hw, stride_n, stride_c, stride_hw, num_classes, ignore_index,
+def _tile(logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES: tl.constexpr, ignore_index,
           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Load BLOCK_P pixels x all classes; return the pieces both passes need."""
-    pix = start + tl.arange(0, BLOCK_P).to(tl.int64)
+    """Load BLOCK_P pixels of image ``program_id(1)`` x all classes; return what both passes need.
+
+    A block never straddles two images, so with unit pixel or class stride (Triton specialises
+    strides equal to 1) the compiler sees contiguous addresses and vectorises the loads. The class
+    count is a compile-time constant: when it is a power of two the class mask folds away, which
+    is what lets channels_last loads be vectorised.
+    """
+    image = tl.program_id(1).to(tl.int64)
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     cls = tl.arange(0, BLOCK_C)
-    in_range = pix < num_pixels
-    offsets = (pix // hw) * stride_n + (pix % hw) * stride_hw
-    mask = in_range[:, None] & (cls[None, :] < num_classes)
-    x = tl.load(logits_ptr + offsets[:, None] + cls[None, :].to(tl.int64) * stride_c, mask=mask, other=float("-inf"))
+    in_range = pix < hw
+    mask = in_range[:, None] & (cls[None, :] < NUM_CLASSES)
+    logits_ptr += image * stride_n
+    x = tl.load(logits_ptr + pix[:, None].to(tl.int64) * stride_hw + cls[None, :] * stride_c, mask=mask, other=float("-inf"))
     x = x.to(tl.float32)
-    y = tl.load(target_ptr + pix, mask=in_range, other=ignore_index).to(tl.int32)
+    y = tl.load(target_ptr + image * hw + pix, mask=in_range, other=ignore_index).to(tl.int32)
     valid = in_range & (y != ignore_index)
-    bad = valid & ((y < 0) | (y >= num_classes))
+    bad = valid & ((y < 0) | (y >= NUM_CLASSES))
     # Rows past the end are all -inf: max 0 and sum 1 keep them free of inf and NaN (never stored).
     row_max = tl.where(in_range, tl.max(x, axis=1), 0.0)
     exps = tl.exp(x - row_max[:, None])
@@ -30,13 +37,13 @@ def _tile(logits_ptr, target_ptr, start, num_pixels, hw, stride_n, stride_c, str
     onehot = (cls[None, :] == y[:, None]) & valid[:, None]
     return x, y, valid, bad, row_max, exps, sum_exp, onehot, pix, cls, mask
 
+
 @triton.jit
-def forward_kernel(logits_ptr, target_ptr, partial_ptr, num_pixels, hw, stride_n, stride_c, stride_hw,
-                   num_classes, ignore_index, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    block = tl.program_id(0)
+def forward_kernel(logits_ptr, target_ptr, partial_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES: tl.constexpr,
+                   ignore_index, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-block sums ``[N_c, FN_c, soft FN_c, S_c]`` into ``partial[block, 4, C]``."""
     x, y, valid, bad, row_max, exps, sum_exp, onehot, pix, cls, mask = _tile(
-        logits_ptr, target_ptr, block * BLOCK_P, num_pixels, hw, stride_n, stride_c, stride_hw, num_classes,
-        ignore_index, BLOCK_P, BLOCK_C)
+        logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES, ignore_index, BLOCK_P, BLOCK_C)
     lse = row_max + tl.log(sum_exp)
     target_logit = tl.sum(tl.where(onehot, x, 0.0), axis=1)
     nll = tl.where(valid, lse - target_logit, 0.0)
@@ -44,27 +51,28 @@ def forward_kernel(logits_ptr, target_ptr, partial_ptr, num_pixels, hw, stride_n
     miss = valid & (target_logit < row_max)  # ties count as hits
     soft_miss = 1.0 - tl.exp(-nll)  # 1 - p(target)
     hits = onehot.to(tl.float32)
-    base = partial_ptr + block.to(tl.int64) * 4 * num_classes + cls
-    keep = cls < num_classes
+    block = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+    base = partial_ptr + block * 4 * NUM_CLASSES + cls
+    keep = cls < NUM_CLASSES
     tl.store(base, tl.sum(hits, axis=0), mask=keep)
-    tl.store(base + num_classes, tl.sum(hits * miss.to(tl.float32)[:, None], axis=0), mask=keep)
-    tl.store(base + 2 * num_classes, tl.sum(hits * soft_miss[:, None], axis=0), mask=keep)
+    tl.store(base + NUM_CLASSES, tl.sum(hits * miss.to(tl.float32)[:, None], axis=0), mask=keep)
+    tl.store(base + 2 * NUM_CLASSES, tl.sum(hits * soft_miss[:, None], axis=0), mask=keep)
     # A bad label has no one-hot column: its NaN goes into every class's sum so the loss sees it.
     nll_cols = tl.where(onehot | bad[:, None], nll[:, None], 0.0)
-    tl.store(base + 3 * num_classes, tl.sum(nll_cols, axis=0), mask=keep)
+    tl.store(base + 3 * NUM_CLASSES, tl.sum(nll_cols, axis=0), mask=keep)
+
 
 @triton.jit
-def backward_kernel(logits_ptr, target_ptr, grad_sums_ptr, grad_ptr, num_pixels, hw, stride_n, stride_c,
-                    stride_hw, grad_stride_n, grad_stride_c, grad_stride_hw, num_classes, ignore_index,
+def backward_kernel(logits_ptr, target_ptr, grad_sums_ptr, grad_ptr, hw, stride_n, stride_c, stride_hw,
+                    grad_stride_n, grad_stride_c, grad_stride_hw, NUM_CLASSES: tl.constexpr, ignore_index,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    block = tl.program_id(0)
+    """``grad[n, c] = dS[y_n] * (softmax_n(c) - [c == y_n])``, in the gradient tensor's dtype and strides."""
     # Recomputing the softmax from the logits costs arithmetic only; saving it would cost memory traffic.
     x, y, valid, bad, row_max, exps, sum_exp, onehot, pix, cls, mask = _tile(
-        logits_ptr, target_ptr, block * BLOCK_P, num_pixels, hw, stride_n, stride_c, stride_hw, num_classes,
-        ignore_index, BLOCK_P, BLOCK_C)
+        logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES, ignore_index, BLOCK_P, BLOCK_C)
     in_classes = valid & ~bad
     scale = tl.load(grad_sums_ptr + tl.where(in_classes, y, 0), mask=in_classes, other=0.0)
     grad = scale[:, None] * (exps / sum_exp[:, None] - onehot.to(tl.float32))
-    grad_offsets = (pix // hw) * grad_stride_n + (pix % hw) * grad_stride_hw
-    out = grad_ptr + grad_offsets[:, None] + cls[None, :].to(tl.int64) * grad_stride_c
+    grad_ptr += tl.program_id(1).to(tl.int64) * grad_stride_n
+    out = grad_ptr + pix[:, None].to(tl.int64) * grad_stride_hw + cls[None, :] * grad_stride_c
     tl.store(out, grad.to(grad_ptr.dtype.element_ty), mask=mask)
