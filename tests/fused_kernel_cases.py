@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from test_losses import C, IGNORE, ce_oracle, context, make_batch, recall_oracle, value_and_grad
+from test_losses import C, IGNORE, ce_oracle, context, make_batch, recall_oracle, value_and_grad, weighted_ce_oracle
 
 from recallseg.losses import build_loss
 from recallseg.losses.fused_statistics import class_ce_statistics
@@ -49,6 +49,17 @@ def check_cross_entropy_matches_float64_oracle(device):
     expected, expected_grad = value_and_grad(ce_oracle, logits.double(), target)
     torch.testing.assert_close(value.cpu(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def check_weighted_cross_entropy_matches_float64_oracle(device):
+    weights = [1.0, 2.0, 0.5, 3.0]
+    logits, target = make_batch(**MULTI_BLOCK)
+    for normalize in ("weights", "pixels"):
+        loss = build_loss({"name": "weighted_ce", "weights": weights, "normalize": normalize, "kernel": "triton"}, context())
+        value, grad = value_and_grad(loss.to(device), *on(device, logits, target))
+        expected, expected_grad = value_and_grad(lambda x, t: weighted_ce_oracle(x, t, weights, normalize), logits.double(), target)
+        torch.testing.assert_close(value.cpu(), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-4, atol=1e-6)
 
 
 def check_ema_statistics_follow_the_torch_path(device):

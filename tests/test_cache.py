@@ -18,7 +18,7 @@ def assert_same_frames(cached, plain):
     assert len(cached) == len(plain)
     for index in range(len(plain)):
         (image, mask), (ref_image, ref_mask) = cached[index], plain[index]
-        assert image.dtype == ref_image.dtype and mask.dtype == ref_mask.dtype == np.int64
+        assert image.dtype == ref_image.dtype and mask.dtype == ref_mask.dtype == cached.mask_dtype() == np.uint8
         assert np.array_equal(image, ref_image) and np.array_equal(mask, ref_mask)
 
 

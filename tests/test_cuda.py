@@ -24,7 +24,7 @@ def make_trainer(tmp_path, *overrides):
     return Trainer(cfg)
 
 
-@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "recall", "recall loss.kernel=triton", "focal", "ohem", "lovasz", "class_balanced"])
+@pytest.mark.parametrize("loss", ["ce", "ce loss.kernel=triton", "weighted_ce", "weighted_ce loss.kernel=triton", "recall", "recall loss.kernel=triton", "focal", "ohem", "lovasz", "class_balanced"])
 def test_training_step_has_no_host_sync(tmp_path, loss):
     name, *options = loss.split()
     trainer = make_trainer(tmp_path, f"loss={name}", *options)

@@ -18,7 +18,7 @@ def test_both_split_layouts_pair_images_and_masks_by_stem(tmp_path, layout):
         for index, (stem, mask) in enumerate(written[split]):
             assert ds.samples[index].image.stem == stem
             image, loaded = ds[index]
-            assert image.dtype == np.uint8 and loaded.dtype == np.int64 and np.array_equal(loaded, mask)
+            assert image.dtype == np.uint8 and loaded.dtype == np.uint8 and np.array_equal(loaded, mask)
 
 
 def test_classes_yaml_with_names_and_colours(tmp_path):

@@ -28,7 +28,7 @@ def test_the_class_comes_from_the_red_channel(seqs):
     assert ds.num_classes == 16 and ds.classes[0] == "void" and ds.ignore_index == 255
     for index in range(3):
         image, mask = ds[index]
-        assert image.dtype == np.uint8 and mask.dtype == np.int64
+        assert image.dtype == np.uint8 and mask.dtype == np.uint8
         assert np.array_equal(mask, written[relative(ds, index)])
 
 

@@ -592,7 +592,7 @@ def test_fused_kernel_matches_oracles_under_the_triton_interpreter():
         [sys.executable, str(tests_dir / "fused_kernel_cases.py")], cwd=tests_dir, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "all 9 checks passed" in result.stdout, result.stdout
+    assert "all 10 checks passed" in result.stdout, result.stdout
 
 
 def compile_for_hopper(kernel, num_classes: int, unit_strides: tuple[str, ...]) -> str:

@@ -17,7 +17,7 @@ def test_sample_format_and_label_values():
     ds = SyntheticStreets("val", 64, 128, num_val=5)
     image, mask = ds[0]
     assert image.shape == (64, 128, 3) and image.dtype == np.uint8
-    assert mask.shape == (64, 128) and mask.dtype == np.int64
+    assert mask.shape == (64, 128) and mask.dtype == np.uint8
     assert len(ds) == 5 and ds.num_classes == 9
     values = set(np.unique(np.stack([ds[i][1] for i in range(5)])).tolist())
     assert values <= set(range(9)) | {255}

@@ -136,7 +136,7 @@ def test_shipped_dataset_configs_build_and_meet_the_output_stride(trees, name, m
     for split, train in ((dataset_cfg["train_split"], True), (dataset_cfg["val_split"], False)):
         dataset = build_dataset(dataset_cfg, split, train=train)
         image, mask = dataset[(0, 1)]
-        assert image.dtype == np.uint8 and mask.dtype == np.int64
+        assert image.dtype == np.uint8 and mask.dtype == np.uint8
         assert image.shape[0] % 32 == 0 and image.shape[1] % 32 == 0 and mask.shape == image.shape[:2]
         assert dataset.ignore_index == 255 and len(dataset.classes) >= 3
 

@@ -29,14 +29,16 @@ class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
         normalize: ``"weights"`` (PyTorch's weighted mean, ``sum w[y] CE / sum w[y]``) or
             ``"pixels"`` (divide by the number of non-ignored pixels).
 
-    YAML options: ``beta`` and ``normalize``.
+        kernel: ``"torch"``, ``"triton"`` or ``"auto"``, as for recall loss.
+
+    YAML options: ``beta``, ``normalize`` and ``kernel``.
 
     Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar.
 
     Reference: https://arxiv.org/abs/1901.05555
     """
 
-    OPTIONS = ("beta", "normalize")
+    OPTIONS = ("beta", "normalize", "kernel")
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "ClassBalancedCrossEntropyLoss":

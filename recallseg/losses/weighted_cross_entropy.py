@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .class_weights import class_weights_from_counts
+from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
 from .registry import LossContext, SegmentationLoss, register_loss
 
 
@@ -44,9 +45,17 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
     to divide by the number of non-ignored pixels instead. From YAML the weights come from
     ``weights`` (a list), ``weights_file``, or, by default, from the training split's
     pixel counts with ``mode`` = inverse | median | effective_number (and ``beta``).
+    ``kernel`` is ``"torch"``, ``"triton"`` or ``"auto"``, as for recall loss (``fused_statistics``).
     """
 
-    def __init__(self, num_classes: int, weights: Sequence[float] | torch.Tensor, ignore_index: int = 255, normalize: str = "weights"):
+    def __init__(
+        self,
+        num_classes: int,
+        weights: Sequence[float] | torch.Tensor,
+        ignore_index: int = 255,
+        normalize: str = "weights",
+        kernel: str = "torch",
+    ):
         super().__init__(num_classes, ignore_index)
         weights = torch.as_tensor(weights, dtype=torch.float32).flatten()
         if weights.numel() != num_classes:
@@ -56,6 +65,7 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         if normalize not in ("weights", "pixels"):
             raise ValueError(f"normalize must be 'weights' or 'pixels', got {normalize!r}")
         self.normalize = normalize
+        self.kernel = check_kernel_option(kernel)
         self.register_buffer("weights", weights)
 
     @classmethod
@@ -65,11 +75,11 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         beta = options.pop("beta", 0.999)
         weights = options.pop("weights", None)
         weights_file = options.pop("weights_file", None)
-        unknown = sorted(set(options) - {"normalize"})
+        unknown = sorted(set(options) - {"normalize", "kernel"})
         if unknown:
             raise TypeError(
                 f"loss {cls.__name__} does not take option(s) {unknown}; it takes "
-                "['mode', 'beta', 'weights', 'weights_file', 'normalize']"
+                "['mode', 'beta', 'weights', 'weights_file', 'normalize', 'kernel']"
             )
         if weights is None and weights_file:
             weights = read_weights_file(weights_file)
@@ -80,6 +90,10 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=list(map(float, weights)), **options)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if use_fused_kernel(self.kernel, logits):
+            counts, nll_sums = class_ce_statistics(logits, target, self.num_classes, self.ignore_index)
+            denominator = counts[0].sum().clamp_min(1) if self.normalize == "pixels" else (self.weights * counts[0]).sum().clamp_min(1e-12)
+            return (self.weights * nll_sums).sum() / denominator
         # reduction="none" then sum: CUDA's summed 2-D NLL has no deterministic kernel.
         total = F.cross_entropy(logits.float(), target, weight=self.weights, ignore_index=self.ignore_index, reduction="none").sum()
         if self.normalize == "pixels":
