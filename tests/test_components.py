@@ -144,6 +144,12 @@ def test_default_model_is_deeplabv3plus_resnet18_at_stride_16():
 def test_unreachable_encoder_weights_give_a_message_that_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    # The hub reads its environment once, at import: set its constants too, or the test waits
+    # ~20 s on network timeouts (and could find weights in the user's own cache).
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(RuntimeError) as info:
         build_model({"arch": "DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": "imagenet"}, 3)
     message = str(info.value)
