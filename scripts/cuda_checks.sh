@@ -24,3 +24,7 @@ fi
 
 echo "== the README's first command on the GPU"
 /usr/bin/time -f "wall %e s" python train.py loss=recall trainer.num_workers=6 hydra.run.dir="$RESULTS/run_recall" 2>&1 | grep -v "it/s\]" | tail -16
+
+echo "== the same with the whole step in a CUDA graph and the fused loss kernel"
+/usr/bin/time -f "wall %e s" python train.py loss=recall loss.kernel=triton trainer.cuda_graph=true trainer.num_workers=6 \
+  hydra.run.dir="$RESULTS/run_recall_graph_triton" 2>&1 | grep -v "it/s\]" | tail -16
