@@ -29,6 +29,7 @@ MAX_CLASSES = 1024  # one tile holds every class of a pixel; beyond this, use th
 _TILE_ELEMENTS = 4096  # pixels x classes per program: 32 fp32 values per thread at 4 warps
 
 
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
