@@ -179,3 +179,21 @@ def test_capturable_optimizer_keeps_lr_in_a_tensor_the_scheduler_fills():
     sched.step()
     assert opt.param_groups[0]["lr"] is lr  # filled in place, so a captured graph sees the new value
     assert float(lr) == pytest.approx(0.075)
+
+
+def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_error(tmp_path):
+    from recallseg.atomic_files import atomic_write
+
+    target = tmp_path / "sub" / "metrics.json"
+    with atomic_write(target) as handle:
+        handle.write("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_write(target) as handle:
+            handle.write("half of the sec")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["metrics.json"], "no temporary file may be left behind"
+    with atomic_write(target, "wb") as handle:
+        handle.write(b"second")
+    assert target.read_bytes() == b"second"

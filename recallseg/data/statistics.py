@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..atomic_files import atomic_write
 from .base import SegmentationDataset
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,6 @@ def cached_class_pixel_counts(
 
 def write_statistics(path: str | Path, dataset: SegmentationDataset, counts: torch.Tensor, split: str, dataset_cfg: Any = None) -> None:
     """Write counts and frequencies as JSON, atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     total = int(counts.sum())
     payload = {
         "dataset": type(dataset).__name__,
@@ -97,9 +95,8 @@ def write_statistics(path: str | Path, dataset: SegmentationDataset, counts: tor
         "pixel_counts": [int(c) for c in counts.tolist()],
         "frequencies": [int(c) / total if total else 0.0 for c in counts.tolist()],
     }
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # ranks writing the same file never share a temporary
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    with atomic_write(path) as handle:  # ranks may write the same file: each has its own temporary
+        json.dump(payload, handle, indent=2, default=str)
 
 
 def read_statistics(path: str | Path, num_classes: int) -> torch.Tensor:

@@ -7,12 +7,13 @@ is refused and its code never runs.
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..atomic_files import atomic_write
 
 FORMAT = "recallseg-checkpoint"
 VERSION = 1
@@ -27,24 +28,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
     A crash or kill during the save leaves the previous file intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    payload = {"format": FORMAT, "version": VERSION, **state}
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    with atomic_write(path, "wb") as handle:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

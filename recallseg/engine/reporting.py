@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..atomic_files import atomic_write
+
 
 def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
@@ -21,12 +23,8 @@ def _finite_or_none(value: Any) -> Any:
 
 def write_metrics_json(path: str | Path, metrics: dict, **extra: Any) -> None:
     """metrics.json: fractions in [0, 1]; NaN (class absent) becomes null so the file is valid JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**_finite_or_none(metrics), **extra}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    with atomic_write(path) as handle:
+        json.dump({**_finite_or_none(metrics), **extra}, handle, indent=2)
 
 
 def log_metrics(writer, metrics: dict, step: int, prefix: str = "val") -> None:
