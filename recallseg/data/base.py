@@ -1,7 +1,9 @@
 """The contract every recallseg dataset follows.
 
 A dataset yields ``(image, mask)``: ``image`` an HxWx3 uint8 RGB array, ``mask`` an HxW
-int64 array of train ids with ``ignore_index`` for pixels that take no part. With a
+array of train ids with ``ignore_index`` for pixels that take no part, in the dataset's
+``mask_dtype()``: the smallest integer type holding both (uint8 when they lie in 0..255; see
+``masks.py``). Masks cross the loader in it and become int64 only on the device. With a
 transform, both go through it (an albumentations-style callable taking ``image=`` and
 ``mask=`` keywords). The training loader asks for ``ds[(index, seed)]``: the seed makes the
 random augmentation of that sample a pure function of its position in the sample stream,
@@ -14,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
+
+from .masks import compact_mask_dtype, to_mask_dtype
 
 
 class SegmentationDataset(Dataset):
@@ -33,8 +37,13 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def mask_dtype(self) -> np.dtype:
+        """The dtype of this dataset's masks: the smallest holding every train id and the ignore index."""
+        return compact_mask_dtype(self.num_classes, self.ignore_index)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
-        """Return the untransformed ``(image uint8 HxWx3 RGB, mask int64 HxW)`` of sample ``index``."""
+        """Return the untransformed ``(image uint8 HxWx3 RGB, mask HxW of integer train ids)`` of sample
+        ``index``, the mask ideally in ``mask_dtype()`` already (wider ones are range-checked and converted)."""
         raise NotImplementedError
 
     def describe(self, index: int) -> str:
@@ -58,6 +67,7 @@ class SegmentationDataset(Dataset):
                 self.transform.set_random_seed(int(seed))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        image, mask = np.ascontiguousarray(image), np.ascontiguousarray(mask, dtype=np.int64)
+        image = np.ascontiguousarray(image)
+        mask = to_mask_dtype(mask, self.num_classes, self.ignore_index, self.describe(index))
         # Cached frames may be read-only views of a memory map: hand out writable arrays.
         return (image if image.flags.writeable else image.copy()), (mask if mask.flags.writeable else mask.copy())

@@ -3,8 +3,8 @@
 PNG decoding dominates the cost of a file dataset (a 2048x1024 Cityscapes frame takes tens of
 milliseconds). ``CachedDataset`` wraps a dataset: the first time a frame is loaded it is
 decoded as usual (resize included, when the dataset resizes) and written into two flat
-memory-mapped files, one for images (uint8) and one for masks (the smallest integer type that
-holds the train ids and the ignore index, uint8 for every built-in dataset); every later load
+memory-mapped files, one for images (uint8) and one for masks (in the dataset's ``mask_dtype()``,
+the dtype masks travel in, uint8 for every built-in dataset); every later load
 is a slice of the memory map. Transforms run after the cache, so random augmentation stays
 random.
 
@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from .base import SegmentationDataset
-from .io import CompactFrames, compact_dtype
+from .io import CompactFrames
+from .masks import to_mask_dtype
 
 DEFAULT_CACHE_DIR = ".cache/recallseg"
 FORMAT_VERSION = 1
@@ -51,12 +52,6 @@ def _signature(dataset: SegmentationDataset) -> dict[str, Any]:
         "length": len(dataset),
         "attributes": {k: v for k, v in sorted(vars(dataset).items()) if k != "transform" and isinstance(v, simple)},
     }
-
-
-def _mask_dtype(dataset: SegmentationDataset) -> np.dtype:
-    if hasattr(dataset, "mask_dtype"):
-        return np.dtype(dataset.mask_dtype())
-    return compact_dtype([0, max(dataset.num_classes - 1, 0), dataset.ignore_index])
 
 
 class FrameCache:
@@ -89,7 +84,7 @@ class FrameCache:
             meta = json.loads(meta_path.read_text())
             return cls(directory, np.array(meta["shapes"]), np.dtype(meta["mask_dtype"]))
         shapes = np.array([_frame_shape(dataset, i) for i in range(len(dataset))], dtype=np.int64).reshape(-1, 2)
-        cache = cls(directory, shapes, _mask_dtype(dataset))
+        cache = cls(directory, shapes, dataset.mask_dtype())
         cache._create(signature)
         return cache
 
@@ -204,7 +199,7 @@ class CachedDataset(CompactFrames, SegmentationDataset):
             image, mask = self.source.load_compact(index)
         else:
             image, mask = self.source.load(index)
-        mask = mask.astype(self.cache.mask_dtype, copy=False)
+        mask = to_mask_dtype(mask, self.num_classes, self.ignore_index, self.source.describe(index))
         self.cache.write(index, image, mask, self.source.describe(index))
         return image, mask
 

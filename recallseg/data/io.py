@@ -195,17 +195,6 @@ def _ranges(values: Iterable[int]) -> str:
     return ", ".join(out)
 
 
-def compact_dtype(values: Iterable[int]) -> np.dtype:
-    """The smallest integer dtype that holds every value (train ids and the ignore index)."""
-    values = [int(v) for v in values]
-    lo, hi = min(values), max(values)
-    for dtype in (np.uint8, np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(dtype)
-    return np.dtype(np.int64)
-
-
 # --------------------------------------------------------------------------------------------
 # Base class of file datasets
 
@@ -219,12 +208,12 @@ class Sample:
 
 
 class CompactFrames:
-    """``load`` and ``__getitem__`` on top of ``load_compact``, which returns the mask in a small dtype.
+    """``load`` and ``__getitem__`` on top of ``load_compact``, which may return read-only views.
 
-    Masks stay uint8 (the compact dtype) through decoding and augmentation and become int64
-    only at the end, on the (usually cropped) output: converting a full 2048x1024 frame to
-    int64 first would cost more than the crop. ``load_compact`` may return read-only views
-    (the frame cache does); what leaves ``load`` and ``__getitem__`` is always writable.
+    ``load_compact`` returns the mask in the dataset's ``mask_dtype()`` and the transform
+    receives it as is: the frame cache hands over a view of its memory map, so augmentation
+    reads the full frame without a copy. What leaves ``load`` and ``__getitem__`` is always
+    writable.
     """
 
     def load_compact(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
@@ -232,7 +221,7 @@ class CompactFrames:
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image, mask = self.load_compact(index)
-        return (image if image.flags.writeable else image.copy()), mask.astype(np.int64)
+        return (image if image.flags.writeable else image.copy()), (mask if mask.flags.writeable else mask.copy())
 
     def load_for_transform(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.load_compact(index)
@@ -338,10 +327,6 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
             "options": self.options(),
             "files": files,
         }
-
-    def mask_dtype(self) -> np.dtype:
-        """The smallest dtype holding every train id and the ignore index (what a cache stores)."""
-        return compact_dtype([0, max(self.num_classes - 1, 0), self.ignore_index])
 
 
 def lookup_table(mapping: Mapping[int, int], size: int, fill: int, dtype: Any = np.int64) -> np.ndarray:

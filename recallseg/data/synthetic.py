@@ -92,10 +92,10 @@ def _fill(image, mask, rows, cols, label, colour):
 
 
 def draw_scene(rng: np.random.Generator, height: int, width: int, noise: float, ignore_regions: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one scene; returns ``(image uint8 HxWx3, mask int64 HxW)``."""
+    """Draw one scene; returns ``(image uint8 HxWx3, mask uint8 HxW)``."""
     H, W = height, width
     image = np.zeros((H, W, 3), dtype=np.float32)
-    mask = np.zeros((H, W), dtype=np.int64)
+    mask = np.zeros((H, W), dtype=np.uint8)  # ids 0..8 and ignore 255: the dataset's mask_dtype(), no cast later
     rows = np.arange(H)[:, None]
     cols = np.arange(W)[None, :]
 

@@ -19,7 +19,11 @@ class GraphedStep:
     """Calls ``step(images, masks) -> loss`` eagerly ``warmup`` times on a side stream (lazy
     initialisation and cuDNN autotuning must happen outside a capture), captures the next call
     and replays it from then on. Each call is one real training step: the captured call is
-    replayed right after capture, so the sequence of updates is the eager one."""
+    replayed right after capture, so the sequence of updates is the eager one.
+
+    The static mask buffer keeps the loader's compact dtype (uint8 for the built-in datasets):
+    a replay copies only those bytes in, and ``step`` widens them to int64 inside the graph
+    (``runtime.to_target``), so the loss still gets class indices with no host sync."""
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device, warmup: int = 3):
         self.step, self.device, self.warmup = step, device, warmup
@@ -33,6 +37,8 @@ class GraphedStep:
                     f"trainer.cuda_graph needs batches of one shape; got images {tuple(images.shape)} after capturing "
                     f"{tuple(self.static_images.shape)}. Use fixed-size crops or trainer.cuda_graph=false."
                 )
+            if masks.dtype != self.static_masks.dtype:  # copy_ would convert on the way, off the fast path
+                raise ValueError(f"trainer.cuda_graph needs masks of one dtype; got {masks.dtype} after {self.static_masks.dtype}")
             self.static_images.copy_(images, non_blocking=True)
             self.static_masks.copy_(masks, non_blocking=True)
             self.graph.replay()

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..metrics import ConfusionMatrix
 from .inference import resize_logits, whole_logits
-from .runtime import Normalizer, Runtime
+from .runtime import Normalizer, Runtime, to_target
 
 # on_prediction(prediction [H, W] class ids on the device, dataset index, the batch dict)
 PredictionCallback = Callable[[torch.Tensor, int, dict], None]
@@ -62,7 +62,7 @@ def evaluate(
     for batch in batches:
         for images, masks, indices in _groups(batch):
             x = normalizer(images)
-            target = masks.to(runtime.device, non_blocking=True)
+            target = to_target(masks, runtime.device)
             with runtime.autocast():
                 logits = predict(model, x)
             prediction = resize_logits(logits, target.shape[-2:]).argmax(1)

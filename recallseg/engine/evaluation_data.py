@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.base import SegmentationDataset
 from ..data.cache import CachedDataset
 from ..data.io import png_size, read_image
+from ..data.masks import to_mask_dtype
 
 def unwrap(dataset: SegmentationDataset) -> SegmentationDataset:
     """The dataset that reads the files (the source of a ``CachedDataset``)."""
@@ -47,10 +48,10 @@ def full_resolution_mask(dataset: SegmentationDataset, index: int, loaded_mask: 
     sample = base.samples[index]
     if sample.label is None:
         size = png_size(sample.image) or read_image(sample.image).shape[:2]
-        return np.full(size, base.ignore_index, dtype=np.int64)
+        return np.full(size, base.ignore_index, dtype=base.mask_dtype())
     raw = base.read_raw_label(sample.label)
     base.check_raw_label(raw, sample.label)
-    return np.asarray(base.decode_label(raw, sample.label), dtype=np.int64)
+    return base.decode_label(raw, sample.label)
 
 
 def sample_names(dataset: SegmentationDataset) -> list[str]:
@@ -71,6 +72,8 @@ def sample_names(dataset: SegmentationDataset) -> list[str]:
 
 class EvaluationSamples(Dataset):
     """``dataset`` as dicts: ``image`` (after ``transform``), full-resolution ``mask``, ``index``.
+
+    The mask keeps the dataset's compact ``mask_dtype()``; evaluation widens it on the device.
 
     Args:
         dataset: a recallseg dataset (its own ``transform`` is not used).
@@ -97,7 +100,9 @@ class EvaluationSamples(Dataset):
             model_image, mask = out["image"], out["mask"]
         sample = {
             "image": np.ascontiguousarray(model_image),
-            "mask": np.ascontiguousarray(mask if target is None else target, dtype=np.int64),
+            "mask": to_mask_dtype(
+                mask if target is None else target, self.dataset.num_classes, self.dataset.ignore_index, self.dataset.describe(index)
+            ),
             "index": int(index),
         }
         if self.keep_image:

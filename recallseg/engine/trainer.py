@@ -33,7 +33,7 @@ from .evaluation import evaluate
 from .cuda_graph import GraphedStep, check_graph_support
 from .optim import build_optimizer, build_scheduler, current_lr
 from .reporting import PerClassHistory, log_metrics, write_metrics_json
-from .runtime import Normalizer, Runtime, init_runtime, seed_everything
+from .runtime import Normalizer, Runtime, init_runtime, seed_everything, to_target
 
 log = logging.getLogger("recallseg")
 
@@ -388,7 +388,7 @@ class Trainer:
     def _optimize(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Forward, loss, backward and optimizer update (what ``trainer.cuda_graph`` captures)."""
         x = self.normalizer(images)
-        target = masks.to(self.runtime.device, non_blocking=True)
+        target = to_target(masks, self.runtime.device)
         with self.runtime.autocast():
             logits = self.model(x)
             loss = self.criterion(logits, target)
