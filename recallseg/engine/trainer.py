@@ -91,6 +91,30 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def rng_states_of_all_ranks(distributed: bool, world_size: int) -> list[dict[str, Any]]:
+    """Every rank's ``rng_state()``, in rank order. A collective: every rank must call it."""
+    state = rng_state()
+    if not distributed:
+        return [state]
+    states: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def rng_state_for_rank(checkpoint: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """The random state this rank resumes with: its own when the checkpoint has one per rank
+    for this many ranks; otherwise rank 0's (``rng``), which cannot reproduce other ranks' dropout."""
+    per_rank = checkpoint.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == world_size:
+        return per_rank[rank]
+    if world_size > 1:
+        log.warning(
+            "the checkpoint holds random states for %s rank(s), this run has %d: every rank resumes from rank 0's, "
+            "so dropout will not repeat an uninterrupted run", len(per_rank) if per_rank else 1, world_size,
+        )
+    return checkpoint["rng"]
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     version, values, *rest = state["python"]
     random.setstate((version, tuple(values), *rest))
@@ -176,8 +200,9 @@ class Trainer:
         return cached_class_pixel_counts(raw, key_cfg, dataset_cfg.get("train_split", "train"), self.cfg.paths.cache_dir, self.cfg.trainer.num_workers)
 
     # -- checkpoints --
-    def state_dict(self) -> dict[str, Any]:
-        return {
+    def state_dict(self, rng_per_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything a resume needs; ``rng_per_rank`` (from ``rng_states_of_all_ranks``) adds each DDP rank's random state."""
+        state = {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -191,6 +216,9 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "rng": rng_state(),
         }
+        if rng_per_rank is not None and len(rng_per_rank) > 1:
+            state["rng_per_rank"] = rng_per_rank
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Everything but the random states, which ``fit`` restores once the data stream exists."""
@@ -243,7 +271,7 @@ class Trainer:
         log.info("resumed from %s at iteration %d", path, self.iteration)
         return state
 
-    def _save(self, name: str) -> Path:
+    def _save(self, name: str, rng_per_rank: list[dict[str, Any]] | None = None) -> Path:
         """Write a checkpoint; refuses weights or statistics that are not finite (a NaN never reaches disk)."""
         for key, tensor in self.module.state_dict().items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -252,7 +280,7 @@ class Trainer:
                     "Lower optimizer.lr, set trainer.grad_clip, or check the data."
                 )
         path = self.checkpoint_dir / name
-        save_checkpoint(self.state_dict(), path)
+        save_checkpoint(self.state_dict(rng_per_rank), path)
         return path
 
     # -- validation --
@@ -285,7 +313,7 @@ class Trainer:
             )
         )
         if resumed is not None:  # after the loader drew its seed, as the uninterrupted run's loader did at its start
-            set_rng_state(resumed["rng"])
+            set_rng_state(rng_state_for_rank(resumed, runtime.rank, runtime.world_size))
         self._train_mode()
         stop_at = tcfg.max_iters
         if tcfg.get("stop_after"):
@@ -317,8 +345,9 @@ class Trainer:
             if self.iteration < tcfg.max_iters:  # stopped early (signal or trainer.stop_after): keep the place
                 if self._window_steps:
                     self._end_log_window()
+                rng_per_rank = rng_states_of_all_ranks(runtime.distributed, runtime.world_size)
                 if runtime.is_main:
-                    self._save("last.pt")
+                    self._save("last.pt", rng_per_rank)
                     self.writer.close()
                     log.info("stopped at iteration %d; continue with resume=auto (same hydra.run.dir)", self.iteration)
                 if runtime.distributed:  # no rank exits (and makes torchrun kill the others) before last.pt is written
@@ -429,6 +458,7 @@ class Trainer:
     def _validate_and_checkpoint(self) -> dict:
         metrics = self.validate()
         self._train_mode()
+        rng_per_rank = rng_states_of_all_ranks(self.runtime.distributed, self.runtime.world_size)
         if self.runtime.is_main:
             log_metrics(self.writer, metrics, self.iteration)
             log.info(
@@ -439,9 +469,9 @@ class Trainer:
             improved = math.isfinite(score) and score > self.best_score
             if improved:
                 self.best_score = score
-            self._save("last.pt")
+            self._save("last.pt", rng_per_rank)
             if improved:
-                self._save("best.pt")
+                self._save("best.pt", rng_per_rank)
                 log.info("new best %s %.4f: saved best.pt", self.monitor, score)
         return metrics
 
