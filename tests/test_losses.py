@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from recallseg.losses import LOSSES, FocalLoss, LossContext, SegmentationLoss, build_loss, register_loss
 from recallseg.losses.class_weights import class_weights_from_counts
-from recallseg.losses.functional import class_totals_and_misses, target_is_top1, target_is_top1_from_log_probs
+from recallseg.losses.functional import class_totals_and_flagged, target_is_top1, target_is_top1_from_log_probs
 from recallseg.losses.fused_statistics import triton_available
 
 IGNORE = 255
@@ -437,10 +437,10 @@ def test_hit_test_on_log_probabilities_keeps_ties_of_bf16_logits():
     assert torch.equal(target_is_top1_from_log_probs(log_probs, nll), by_logits)
 
 
-def test_class_totals_and_misses_count_in_one_pass():
+def test_class_totals_and_flagged_count_in_one_pass():
     labels = torch.tensor([0, 0, 1, 2, 2, 2, C, C])  # C marks ignored pixels
     miss = torch.tensor([True, False, True, False, True, True, True, False])
-    totals, misses = class_totals_and_misses(labels, miss, C)
+    totals, misses = class_totals_and_flagged(labels, miss, C)
     assert totals.tolist() == [2, 1, 3, 0] and misses.tolist() == [1, 1, 2, 0]
 
 

@@ -74,13 +74,13 @@ def target_is_top1_from_log_probs(log_probs: torch.Tensor, nll: torch.Tensor) ->
     return -nll >= log_probs.amax(dim=1)
 
 
-def class_totals_and_misses(labels: torch.Tensor, miss: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class pixel counts ``N_c`` and miss counts ``FN_c`` (float32) in one ``class_sums`` pass.
+def class_totals_and_flagged(labels: torch.Tensor, flagged: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class pixel counts and counts of ``flagged`` pixels (float32), in one ``class_sums`` pass.
 
-    Pixel n goes to bin ``labels_n + (C + 1) * miss_n``: one integer count over 2C + 1 bins
+    Pixel n goes to bin ``labels_n + (C + 1) * flagged_n``: one integer count over 2C + 1 bins
     instead of a count plus a weighted count. As in ``class_sums``, label ``C`` marks ignored
     pixels and falls out (bins C and 2C + 1).
     """
-    bins = class_sums(labels.add(miss, alpha=num_classes + 1), None, 2 * num_classes + 1)
-    misses = bins[num_classes + 1 :]
-    return bins[:num_classes] + misses, misses
+    bins = class_sums(labels.add(flagged, alpha=num_classes + 1), None, 2 * num_classes + 1)
+    in_flagged = bins[num_classes + 1 :]
+    return bins[:num_classes] + in_flagged, in_flagged

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .functional import class_sums, class_totals_and_misses, safe_target, target_is_top1_from_log_probs, valid_mask
+from .functional import class_sums, class_totals_and_flagged, target_is_top1_from_log_probs
 from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
 from .registry import SegmentationLoss, register_loss
 
@@ -70,15 +70,15 @@ class RecallLoss(SegmentationLoss):
         self._last_batch_recall: torch.Tensor | None = None
 
     @torch.no_grad()
-    def _counts(self, log_probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
-        """Stacked ``[N_c, FN_c]`` of this batch (float32, shape 2 x C)."""
-        labels = torch.where(valid, target, self.num_classes)
+    def _counts(self, log_probs: torch.Tensor, labels: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+        """Stacked ``[N_c, FN_c]`` of this batch (float32, shape 2 x C); ``labels`` are C where ignored."""
         if self.soft:
             totals = class_sums(labels, None, self.num_classes)
             misses = class_sums(labels, -torch.expm1(-nll), self.num_classes)  # 1 - p_n(y_n)
         else:
-            miss = ~target_is_top1_from_log_probs(log_probs, nll)
-            totals, misses = class_totals_and_misses(labels, miss, self.num_classes)
+            hit = target_is_top1_from_log_probs(log_probs, nll)
+            totals, hits = class_totals_and_flagged(labels, hit, self.num_classes)
+            misses = totals - hits
         return torch.stack([totals, misses])
 
     def _weights(self, counts: torch.Tensor) -> torch.Tensor:
@@ -105,16 +105,18 @@ class RecallLoss(SegmentationLoss):
             stats, nll_sums = class_ce_statistics(logits, target, self.num_classes, self.ignore_index)
             weights = self._weights(torch.stack([stats[0], stats[2] if self.soft else stats[1]]))
             return (weights * nll_sums).sum() / stats[0].sum().clamp_min(1)
-        valid = valid_mask(target, self.ignore_index)
+        # Label C marks ignored pixels: they fall out of the counts and index a zero weight.
+        labels = torch.where(target != self.ignore_index, target, self.num_classes)
         # log_softmax + nll_loss is what cross_entropy runs; keeping log_probs lets the hit test
         # reuse -nll as the target's log-probability instead of gathering from the logits.
         log_probs = F.log_softmax(logits.float(), dim=1)
         nll = F.nll_loss(log_probs, target, ignore_index=self.ignore_index, reduction="none")
-        weights = self._weights(self._counts(log_probs.detach(), target, valid, nll.detach()))
-        # Ignored pixels have nll == 0 already; index weights through a safe target.
-        # index_select is ~3x cheaper than advanced indexing (weights[safe]) on CPU.
-        per_pixel = weights.index_select(0, safe_target(target, valid).reshape(-1)).view_as(nll) * nll
-        return per_pixel.sum() / valid.sum().clamp_min(1)
+        counts = self._counts(log_probs.detach(), labels, nll.detach())
+        num_valid = counts[0].sum()  # before _weights, whose DDP sync sums counts over ranks in place
+        weights = F.pad(self._weights(counts), (0, 1))
+        # index_select is ~3x cheaper than advanced indexing (weights[labels]) on CPU.
+        per_pixel = weights.index_select(0, labels.reshape(-1)).view_as(nll) * nll
+        return per_pixel.sum() / num_valid.clamp_min(1)
 
     def extra_logs(self) -> dict[str, torch.Tensor]:
         if self._last_weights is None:
