@@ -33,6 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recallseg.losses import LossContext, build_loss  # noqa: E402
+from recallseg.losses.fused_statistics import triton_available  # noqa: E402
 
 IGNORE = 255
 
@@ -102,8 +103,9 @@ def make_batch(shape: tuple[int, int, int, int], ignore_fraction: float, device:
 
 def build_all(names: list[str], num_classes: int, counts: torch.Tensor, device: torch.device) -> dict[str, nn.Module]:
     context = LossContext(num_classes=num_classes, ignore_index=IGNORE, class_pixel_counts=lambda: counts)
-    # The fused Triton kernel (loss.kernel=triton) runs on CUDA only.
-    usable = [n for n in names if n in CONFIGS and (device.type == "cuda" or CONFIGS[n].get("kernel") != "triton")]
+    # The fused Triton kernel (loss.kernel=triton) runs on CUDA only, and needs Triton.
+    fused = device.type == "cuda" and triton_available()
+    usable = [n for n in names if n in CONFIGS and (fused or CONFIGS[n].get("kernel") != "triton")]
     losses = {name: build_loss(CONFIGS[name], context) for name in usable}
     if "authors_recall_reference" in names:
         losses["authors_recall_reference"] = AuthorsRecallLossReference(num_classes)

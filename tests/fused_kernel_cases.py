@@ -11,7 +11,9 @@ process of its own.
 
 from __future__ import annotations
 
+import math
 import sys
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +89,21 @@ def check_counts_are_exact_for_many_classes(device):
     assert counts[0].cpu().tolist() == torch.bincount(labels, minlength=classes).float().tolist()
     assert counts[1].cpu().tolist() == torch.bincount(labels[miss], minlength=classes).float().tolist()
     torch.testing.assert_close(nll_sums.cpu(), torch.zeros(classes).index_add_(0, labels, nll), rtol=1e-5, atol=1e-5)
-    p_target = torch.exp(-nll)
-    torch.testing.assert_close(counts[2].cpu(), torch.zeros(classes).index_add_(0, labels, 1 - p_target), rtol=1e-4, atol=1e-4)
+    soft = -torch.expm1(-nll.double())
+    torch.testing.assert_close(counts[2].cpu().double(), torch.zeros(classes).double().index_add_(0, labels, soft), rtol=1e-5, atol=1e-6)
+    # Counts are separate tensors: changing them in place (a DDP all-reduce, say) keeps backward working.
+    counts.add_(1)
+
+
+def check_soft_misses_keep_precision_for_confident_pixels(device):
+    # Target logit 16 above the rest: 1 - p(target) = 3 e^-16 / (1 + 3 e^-16), about 3.4e-7, far
+    # below float32 rounding of p(target) itself, so computing 1 - p would give 0.
+    logits = torch.zeros(1, C, 2, 2)
+    logits[:, 1] = 16.0
+    target = torch.ones(1, 2, 2, dtype=torch.long)
+    counts, _ = class_ce_statistics(*on(device, logits, target), C, IGNORE)
+    expected = 4 * 3 * math.exp(-16) / (1 + 3 * math.exp(-16))
+    assert abs(counts[2, 1].item() - expected) < 1e-3 * expected, (counts[2, 1].item(), expected)
 
 
 def check_channels_last_bf16_and_strided_logits(device):
@@ -98,18 +113,23 @@ def check_channels_last_bf16_and_strided_logits(device):
     value, grad = value_and_grad(recall(device, kernel="triton"), channels_last, target)
     torch.testing.assert_close(value, plain_value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, plain_grad, rtol=1e-4, atol=1e-6)
-    # Views: every second column (pixel stride 2) is read in place; a crop of a wider tensor,
-    # whose H and W do not flatten to one stride, is copied first.
+    # Views: every second column (pixel stride 2) and single rows or columns are read in place;
+    # a crop of a wider tensor, whose H and W do not flatten to one stride, is copied first.
     doubled = torch.stack([logits, logits], dim=4).flatten(3)[:, :, :, ::2]
     cropped = torch.cat([logits, logits], dim=3)[:, :, :, : logits.shape[3]]
     assert doubled.stride(3) == 2 and cropped.stride(2) != cropped.shape[3] * cropped.stride(3)
-    for make_view in (lambda x: torch.stack([x, x], dim=4).flatten(3)[:, :, :, ::2],
-                      lambda x: torch.cat([x, x], dim=3)[:, :, :, : x.shape[3]]):
+    views = [  # (view of the logits, matching crop of the target)
+        (lambda x: torch.stack([x, x], dim=4).flatten(3)[:, :, :, ::2], lambda t: t),
+        (lambda x: torch.cat([x, x], dim=3)[:, :, :, : x.shape[3]], lambda t: t),
+        (lambda x: x[:, :, :, 5:6], lambda t: t[:, :, 5:6]),  # W == 1: the pixel stride is H's
+        (lambda x: x[:, :, 7:8], lambda t: t[:, 7:8]),  # H == 1
+    ]
+    for make_view, crop in views:
         # The view is taken inside autograd (value_and_grad's clone would make it contiguous).
         results = []
         for kernel in ("triton", "torch"):
             base = logits.clone().requires_grad_(True)
-            value = recall(device, kernel=kernel)(make_view(base), target)
+            value = recall(device, kernel=kernel)(make_view(base), crop(target))
             value.backward()
             results.append((value.detach(), base.grad))
         torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
@@ -122,6 +142,9 @@ def check_channels_last_bf16_and_strided_logits(device):
     assert value.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
     assert half.grad.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    plain_half = half.detach().clone().requires_grad_(True)
+    recall(device)(plain_half, target).backward()
+    torch.testing.assert_close(half.grad.float(), plain_half.grad.float(), rtol=2e-2, atol=1e-6)  # bf16 rounding
 
 
 def check_ties_count_as_hits(device):
@@ -140,11 +163,39 @@ def check_all_ignored_gives_zero_loss_and_gradient(device):
     assert value.item() == 0 and grad.abs().max().item() == 0
 
 
-def check_out_of_range_label_makes_the_loss_nan(device):
-    logits, target = make_batch(n=1, h=4, w=6, ignore_fraction=0.0)
-    target[0, 1, 2] = C + 3
-    value = recall(device, kernel="triton")(*on(device, logits, target))
-    assert torch.isnan(value).item(), "a label outside [0, C) must not pass silently"
+def check_out_of_range_label_makes_loss_and_gradient_nan(device):
+    for bad_label in (C + 3, -7, 2**32 + 1):  # the last one would wrap into range if narrowed first
+        logits, target = make_batch(n=1, h=4, w=6, ignore_fraction=0.0)
+        target[0, 1, 2] = bad_label
+        x = logits.to(device).requires_grad_(True)
+        value = recall(device, kernel="triton")(x, target.to(device))
+        value.backward()
+        assert torch.isnan(value).item(), f"label {bad_label} outside [0, C) must not pass silently"
+        assert torch.isnan(x.grad).any().item(), "the gradient must be non-finite too, or nonfinite=skip would apply the step"
+
+
+def check_trainer_skips_a_step_with_a_bad_label(device):
+    """trainer.nonfinite=skip with the fused kernel: a mask value that is neither a class nor the
+    ignore index makes the step non-finite, and no weight changes."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIG_DIR, TINY_OVERRIDES
+    from recallseg.engine.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            *TINY_OVERRIDES, f"output_dir={tmp}", f"paths.cache_dir={tmp}/cache", f"trainer.device={device}",
+            "loss=recall", "loss.kernel=triton", "trainer.nonfinite=skip",
+        ])
+        trainer = Trainer(cfg)
+        images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+        masks = torch.randint(0, 9, (2, 64, 64), dtype=torch.uint8)
+        masks[0, 0, 0] = 20  # 9 classes, ignore index 255
+        before = {name: p.detach().clone() for name, p in trainer.module.named_parameters()}
+        loss = trainer.step(images, masks)
+        assert torch.isnan(loss).item() and trainer._found_inf.item() > 0
+        for name, parameter in trainer.module.named_parameters():
+            assert torch.equal(parameter.detach(), before[name]), f"{name} changed in a skipped step"
 
 
 def check_results_are_bitwise_deterministic(device):

@@ -30,7 +30,7 @@ def test_training_step_has_no_host_sync(tmp_path, loss):
     trainer = make_trainer(tmp_path, f"loss={name}", *options)
     assert trainer.runtime.amp_dtype in (torch.bfloat16, torch.float16) and trainer.runtime.channels_last
     images = torch.randint(0, 256, (4, 128, 256, 3), dtype=torch.uint8).pin_memory()
-    masks = torch.randint(0, 9, (4, 128, 256)).pin_memory()
+    masks = torch.randint(0, 9, (4, 128, 256), dtype=torch.uint8).pin_memory()  # as the loader delivers them
     masks[:, :8] = 255
     for _ in range(3):  # warm-up: cuDNN autotuning and lazy initialisation may synchronise
         trainer.step(images, masks)
@@ -63,7 +63,7 @@ def test_cuda_graph_step_replays_the_eager_step(tmp_path, loss):
     generator = torch.Generator().manual_seed(3)
     batches = [
         (torch.randint(0, 256, (4, 128, 256, 3), dtype=torch.uint8, generator=generator).pin_memory(),
-         torch.randint(0, 9, (4, 128, 256), generator=generator).pin_memory())
+         torch.randint(0, 9, (4, 128, 256), dtype=torch.uint8, generator=generator).pin_memory())
         for _ in range(8)
     ]
     losses = {}

@@ -68,6 +68,6 @@ class SegmentationDataset(Dataset):
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         image = np.ascontiguousarray(image)
-        mask = to_mask_dtype(mask, self.num_classes, self.ignore_index, self.describe(index))
+        mask = to_mask_dtype(mask, self.num_classes, self.ignore_index, self.describe(index), self.mask_dtype())
         # Cached frames may be read-only views of a memory map: hand out writable arrays.
         return (image if image.flags.writeable else image.copy()), (mask if mask.flags.writeable else mask.copy())

@@ -199,7 +199,7 @@ class CachedDataset(CompactFrames, SegmentationDataset):
             image, mask = self.source.load_compact(index)
         else:
             image, mask = self.source.load(index)
-        mask = to_mask_dtype(mask, self.num_classes, self.ignore_index, self.source.describe(index))
+        mask = to_mask_dtype(mask, self.num_classes, self.ignore_index, self.source.describe(index), self.source.mask_dtype())
         self.cache.write(index, image, mask, self.source.describe(index))
         return image, mask
 

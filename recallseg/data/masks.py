@@ -36,14 +36,15 @@ def compact_mask_dtype(num_classes: int, ignore_index: int) -> np.dtype:
     return compact_dtype([0, max(int(num_classes) - 1, 0), int(ignore_index)])
 
 
-def to_mask_dtype(mask: np.ndarray, num_classes: int, ignore_index: int, name: str) -> np.ndarray:
-    """``mask`` as a contiguous array of ``compact_mask_dtype(num_classes, ignore_index)``.
+def to_mask_dtype(mask: np.ndarray, num_classes: int, ignore_index: int, name: str, dtype: np.dtype | None = None) -> np.ndarray:
+    """``mask`` as a contiguous array of ``dtype``: the dataset's ``mask_dtype()``, by default
+    ``compact_mask_dtype(num_classes, ignore_index)``.
 
     A narrowing cast would silently wrap values that do not fit (300 -> 44 in uint8), so a
     mask in a wider dtype is range-checked first; the error names ``name`` (the sample) and
     the values. Masks already in a dtype that casts safely cost nothing extra.
     """
-    dtype = compact_mask_dtype(num_classes, ignore_index)
+    dtype = np.dtype(dtype) if dtype is not None else compact_mask_dtype(num_classes, ignore_index)
     mask = np.asarray(mask)
     if mask.size and not np.can_cast(mask.dtype, dtype, casting="safe"):
         info = np.iinfo(dtype)

@@ -38,7 +38,10 @@ class GraphedStep:
                     f"{tuple(self.static_images.shape)}. Use fixed-size crops or trainer.cuda_graph=false."
                 )
             if masks.dtype != self.static_masks.dtype:  # copy_ would convert on the way, off the fast path
-                raise ValueError(f"trainer.cuda_graph needs masks of one dtype; got {masks.dtype} after {self.static_masks.dtype}")
+                raise ValueError(
+                    f"trainer.cuda_graph needs masks of one dtype; got {masks.dtype} after capturing {self.static_masks.dtype}. "
+                    "Make the dataset return masks in its mask_dtype(), or set trainer.cuda_graph=false."
+                )
             self.static_images.copy_(images, non_blocking=True)
             self.static_masks.copy_(masks, non_blocking=True)
             self.graph.replay()

@@ -101,7 +101,8 @@ class EvaluationSamples(Dataset):
         sample = {
             "image": np.ascontiguousarray(model_image),
             "mask": to_mask_dtype(
-                mask if target is None else target, self.dataset.num_classes, self.dataset.ignore_index, self.dataset.describe(index)
+                mask if target is None else target, self.dataset.num_classes, self.dataset.ignore_index, self.dataset.describe(index),
+                self.dataset.mask_dtype(),
             ),
             "index": int(index),
         }

@@ -109,8 +109,8 @@ def rng_state_for_rank(checkpoint: dict[str, Any], rank: int, world_size: int) -
         return per_rank[rank]
     if world_size > 1:
         log.warning(
-            "the checkpoint holds random states for %s rank(s), this run has %d: every rank resumes from rank 0's, "
-            "so dropout will not repeat an uninterrupted run", len(per_rank) if per_rank else 1, world_size,
+            "the checkpoint holds random states for %s rank(s), this run has %d: rank 0 resumes its own and the other "
+            "ranks are reseeded, so dropout will not repeat an uninterrupted run", len(per_rank) if per_rank else 1, world_size,
         )
     return checkpoint["rng"]
 
@@ -314,6 +314,9 @@ class Trainer:
         )
         if resumed is not None:  # after the loader drew its seed, as the uninterrupted run's loader did at its start
             set_rng_state(rng_state_for_rank(resumed, runtime.rank, runtime.world_size))
+            if runtime.rank > 0 and len(resumed.get("rng_per_rank") or [None]) != runtime.world_size:
+                # Rank 0's state on every rank would give all ranks the same dropout masks from here on.
+                torch.manual_seed(cfg.seed + 7919 * runtime.rank + self.iteration)
         self._train_mode()
         stop_at = tcfg.max_iters
         if tcfg.get("stop_after"):

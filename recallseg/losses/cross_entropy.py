@@ -29,7 +29,10 @@ class CrossEntropyLoss(SegmentationLoss):
         self.label_smoothing = float(label_smoothing)
         self.kernel = check_kernel_option(kernel)
         if self.label_smoothing and kernel == "triton":
-            raise ValueError(f"loss.kernel={kernel} does not implement label smoothing; set loss.kernel=torch")
+            raise ValueError(
+                f"loss.kernel=triton does not implement label smoothing (loss.label_smoothing={label_smoothing}); "
+                "set loss.kernel=torch or auto, or loss.label_smoothing=0"
+            )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not self.label_smoothing and use_fused_kernel(self.kernel, logits):

@@ -11,8 +11,9 @@ about a dozen kernels and a float32 copy of the logits.
 
 Per-block partial sums are written to a ``[blocks, 4, C]`` buffer and summed by PyTorch, so
 the result is deterministic (no float atomics) and the step never synchronises with the host.
-A label outside ``[0, C)`` that is not ``ignore_index`` makes the NLL (hence the loss) NaN:
-the trainer's non-finite check then stops with a message instead of a device-side assert.
+A label outside ``[0, C)`` that is not ``ignore_index`` makes the loss and its gradient NaN:
+the trainer's non-finite check then stops with a message (or, under ``nonfinite=skip``, the
+GradScaler skips the step) instead of a device-side assert.
 
 On CPU tensors the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``),
 which is how the tests check them against PyTorch on a machine without a GPU.
@@ -24,6 +25,7 @@ import functools
 import os
 
 import torch
+from torch.autograd.function import once_differentiable
 
 MAX_CLASSES = 1024  # one tile holds every class of a pixel; beyond this, use the PyTorch path
 _TILE_ELEMENTS = 4096  # pixels x classes per program: 32 fp32 values per thread at 4 warps
@@ -55,7 +57,7 @@ def use_fused_kernel(kernel: str, logits: torch.Tensor) -> bool:
     if kernel == "torch":
         return False
     if kernel == "auto":
-        return logits.is_cuda and triton_available()
+        return logits.is_cuda and logits.dim() == 4 and logits.shape[1] <= MAX_CLASSES and triton_available()
     if not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("loss.kernel=triton runs on CUDA tensors only; train on a GPU or set loss.kernel=torch (or auto)")
     return True
@@ -79,7 +81,7 @@ def _launch_geometry(logits: torch.Tensor) -> tuple[tuple[int, int], int, int]:
 
 def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
     """(n, c, pixel) strides of an N x C x H x W tensor whose H and W flatten to one stride."""
-    return t.stride(0), t.stride(1), t.stride(3)
+    return t.stride(0), t.stride(1), t.stride(2) if t.shape[3] == 1 else t.stride(3)
 
 
 def _flattenable(t: torch.Tensor) -> bool:
@@ -100,14 +102,17 @@ class _ClassCEStatistics(torch.autograd.Function):
             logits, target, partial, logits.shape[2] * logits.shape[3], *_pixel_strides(logits), ignore_index=ignore_index,
             NUM_CLASSES=logits.shape[1], BLOCK_P=block_p, BLOCK_C=block_c,
         )
-        sums = partial.sum(dim=0)
+        # Two separate tensors (not views of one), so a caller may modify the counts in place.
+        # float64 keeps counts exact beyond 2**24 pixels per class, as functional.class_sums does.
+        counts = partial[:, :3].sum(dim=0, dtype=torch.float64).float()
+        nll_sums = partial[:, 3].sum(dim=0)
         ctx.save_for_backward(logits, target)
         ctx.ignore_index = ignore_index
-        counts = sums[:3]
         ctx.mark_non_differentiable(counts)
-        return counts, sums[3]
+        return counts, nll_sums
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_counts, grad_nll_sums):
         _, backward_kernel = _kernels()
         logits, target = ctx.saved_tensors
@@ -133,7 +138,10 @@ def class_ce_statistics(logits: torch.Tensor, target: torch.Tensor, num_classes:
     if logits.dim() != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(f"expected logits N x C x H x W and target N x H x W, got {tuple(logits.shape)} and {tuple(target.shape)}")
     if logits.shape[1] != num_classes:
-        raise ValueError(f"logits have {logits.shape[1]} classes, the loss expects {num_classes}")
+        raise ValueError(
+            f"logits have {logits.shape[1]} classes, the loss expects {num_classes}: "
+            "the model's classes and the dataset's num_classes must agree"
+        )
     if num_classes > MAX_CLASSES:
         raise ValueError(f"the fused kernel handles at most {MAX_CLASSES} classes, got {num_classes}; use loss.kernel=torch")
     return _ClassCEStatistics.apply(logits, target, num_classes, ignore_index)

@@ -25,11 +25,14 @@ def _tile(logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES
     in_range = pix < hw
     mask = in_range[:, None] & (cls[None, :] < NUM_CLASSES)
     logits_ptr += image * stride_n
-    x = tl.load(logits_ptr + pix[:, None].to(tl.int64) * stride_hw + cls[None, :] * stride_c, mask=mask, other=float("-inf"))
+    # int64 offsets: (C - 1) * stride_c alone passes 2**31 for large images with many classes.
+    x = tl.load(logits_ptr + pix[:, None].to(tl.int64) * stride_hw + cls[None, :].to(tl.int64) * stride_c, mask=mask,
+                other=float("-inf"))
     x = x.to(tl.float32)
-    y = tl.load(target_ptr + image * hw + pix, mask=in_range, other=ignore_index).to(tl.int32)
-    valid = in_range & (y != ignore_index)
-    bad = valid & ((y < 0) | (y >= NUM_CLASSES))
+    label = tl.load(target_ptr + image * hw + pix, mask=in_range, other=ignore_index)
+    valid = in_range & (label != ignore_index)
+    bad = valid & ((label < 0) | (label >= NUM_CLASSES))  # before narrowing, so no label wraps into range
+    y = label.to(tl.int32)
     # Rows past the end are all -inf: max 0 and sum 1 keep them free of inf and NaN (never stored).
     row_max = tl.where(in_range, tl.max(x, axis=1), 0.0)
     exps = tl.exp(x - row_max[:, None])
@@ -49,7 +52,8 @@ def forward_kernel(logits_ptr, target_ptr, partial_ptr, hw, stride_n, stride_c, 
     nll = tl.where(valid, lse - target_logit, 0.0)
     nll = tl.where(bad, float("nan"), nll)
     miss = valid & (target_logit < row_max)  # ties count as hits
-    soft_miss = 1.0 - tl.exp(-nll)  # 1 - p(target)
+    # 1 - p(target) as the other classes' share: no cancellation when p(target) is close to 1.
+    soft_miss = tl.sum(tl.where(onehot, 0.0, exps), axis=1) / sum_exp
     hits = onehot.to(tl.float32)
     block = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
     base = partial_ptr + block * 4 * NUM_CLASSES + cls
@@ -72,7 +76,10 @@ def backward_kernel(logits_ptr, target_ptr, grad_sums_ptr, grad_ptr, hw, stride_
         logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES, ignore_index, BLOCK_P, BLOCK_C)
     in_classes = valid & ~bad
     scale = tl.load(grad_sums_ptr + tl.where(in_classes, y, 0), mask=in_classes, other=0.0)
+    # A bad label made the loss NaN; its gradient is NaN too, so the GradScaler (trainer.nonfinite=skip)
+    # skips the step instead of applying the other pixels' finite gradient.
+    scale = tl.where(bad, float("nan"), scale)
     grad = scale[:, None] * (exps / sum_exp[:, None] - onehot.to(tl.float32))
     grad_ptr += tl.program_id(1).to(tl.int64) * grad_stride_n
-    out = grad_ptr + pix[:, None].to(tl.int64) * grad_stride_hw + cls[None, :] * grad_stride_c
+    out = grad_ptr + pix[:, None].to(tl.int64) * grad_stride_hw + cls[None, :].to(tl.int64) * grad_stride_c
     tl.store(out, grad.to(grad_ptr.dtype.element_ty), mask=mask)
