@@ -607,7 +607,7 @@ def compile_for_hopper(kernel, num_classes: int, unit_strides: tuple[str, ...]) 
     from recallseg.losses.fused_statistics import _launch_geometry
 
     _, block_p, block_c = _launch_geometry(torch.empty(1, num_classes, 384, 768, device="meta"))
-    constants = {"BLOCK_P": block_p, "BLOCK_C": block_c, "NUM_CLASSES": num_classes, **{name: 1 for name in unit_strides}}
+    constants = {"BLOCK_P": block_p, "BLOCK_C": block_c, "NUM_CLASSES": num_classes, "TILES": 8, **{name: 1 for name in unit_strides}}
     names = list(inspect.signature(kernel.fn).parameters)
     pointer_types = {"target_ptr": "*i64", "partial_ptr": "*fp32", "grad_sums_ptr": "*fp32"}
     signature = {

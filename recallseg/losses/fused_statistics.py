@@ -28,7 +28,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 MAX_CLASSES = 1024  # one tile holds every class of a pixel; beyond this, use the PyTorch path
-_TILE_ELEMENTS = 4096  # pixels x classes per program: 32 fp32 values per thread at 4 warps
+_TILE_ELEMENTS = 4096  # pixels x classes per tile: 32 fp32 values per thread at 4 warps
+_FORWARD_TILES = 8  # tiles per forward program: partial sums stay < 1% of the logits' bytes
 
 
 @functools.cache
@@ -72,11 +73,16 @@ def _kernels():
 
 
 def _launch_geometry(logits: torch.Tensor) -> tuple[tuple[int, int], int, int]:
-    """Grid (pixel blocks per image, images) and tile sizes: a block never spans two images."""
+    """Grid (pixel tiles per image, images) and tile sizes: a tile never spans two images."""
     n, c, h, w = logits.shape
     block_c = max(2, 1 << (c - 1).bit_length())
     block_p = max(16, _TILE_ELEMENTS // block_c)
     return (max(1, -(-(h * w) // block_p)), n), block_p, block_c
+
+
+def _forward_tiles(tiles_per_image: int) -> int:
+    """Tiles each forward program sums before writing its partial sums (a power of two, at most 8)."""
+    return min(_FORWARD_TILES, 1 << (tiles_per_image - 1).bit_length())
 
 
 def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -96,11 +102,13 @@ class _ClassCEStatistics(torch.autograd.Function):
         if not _flattenable(logits):
             logits = logits.contiguous()
         target = target.contiguous()
-        grid, block_p, block_c = _launch_geometry(logits)
+        (tiles, images), block_p, block_c = _launch_geometry(logits)
+        per_program = _forward_tiles(tiles)
+        grid = (-(-tiles // per_program), images)
         partial = torch.empty(grid[0] * grid[1], 4, logits.shape[1], dtype=torch.float32, device=logits.device)
         forward_kernel[grid](
             logits, target, partial, logits.shape[2] * logits.shape[3], *_pixel_strides(logits), ignore_index=ignore_index,
-            NUM_CLASSES=logits.shape[1], BLOCK_P=block_p, BLOCK_C=block_c,
+            NUM_CLASSES=logits.shape[1], BLOCK_P=block_p, BLOCK_C=block_c, TILES=per_program,
         )
         # Two separate tensors (not views of one), so a caller may modify the counts in place.
         # float64 keeps counts exact beyond 2**24 pixels per class, as functional.class_sums does.

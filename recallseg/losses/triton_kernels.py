@@ -10,9 +10,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _tile(logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES: tl.constexpr, ignore_index,
+def _tile(logits_ptr, target_ptr, tile, hw, stride_n, stride_c, stride_hw, NUM_CLASSES: tl.constexpr, ignore_index,
           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Load BLOCK_P pixels of image ``program_id(1)`` x all classes; return what both passes need.
+    """Load pixel tile ``tile`` (BLOCK_P pixels) of image ``program_id(1)`` x all classes; return
+    what both passes need.
 
     A block never straddles two images, so with unit pixel or class stride (Triton specialises
     strides equal to 1) the compiler sees contiguous addresses and vectorises the loads. The class
@@ -20,7 +21,7 @@ def _tile(logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES
     is what lets channels_last loads be vectorised.
     """
     image = tl.program_id(1).to(tl.int64)
-    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pix = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     cls = tl.arange(0, BLOCK_C)
     in_range = pix < hw
     mask = in_range[:, None] & (cls[None, :] < NUM_CLASSES)
@@ -43,27 +44,41 @@ def _tile(logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES
 
 @triton.jit
 def forward_kernel(logits_ptr, target_ptr, partial_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES: tl.constexpr,
-                   ignore_index, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per-block sums ``[N_c, FN_c, soft FN_c, S_c]`` into ``partial[block, 4, C]``."""
-    x, y, valid, bad, row_max, exps, sum_exp, onehot, pix, cls, mask = _tile(
-        logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES, ignore_index, BLOCK_P, BLOCK_C)
-    lse = row_max + tl.log(sum_exp)
-    target_logit = tl.sum(tl.where(onehot, x, 0.0), axis=1)
-    nll = tl.where(valid, lse - target_logit, 0.0)
-    nll = tl.where(bad, float("nan"), nll)
-    miss = valid & (target_logit < row_max)  # ties count as hits
-    # 1 - p(target) as the other classes' share: no cancellation when p(target) is close to 1.
-    soft_miss = tl.sum(tl.where(onehot, 0.0, exps), axis=1) / sum_exp
-    hits = onehot.to(tl.float32)
-    block = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
-    base = partial_ptr + block * 4 * NUM_CLASSES + cls
+                   ignore_index, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr):
+    """Sums ``[N_c, FN_c, soft FN_c, S_c]`` over TILES consecutive tiles into ``partial[program, 4, C]``.
+
+    Accumulating several tiles per program keeps the partial buffer (written here, summed by
+    PyTorch) a small fraction of the logits' bytes even when few pixels fit in a tile.
+    """
+    totals = tl.zeros([BLOCK_C], dtype=tl.float32)
+    misses = tl.zeros([BLOCK_C], dtype=tl.float32)
+    soft_misses = tl.zeros([BLOCK_C], dtype=tl.float32)
+    nll_sums = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for t in range(TILES):
+        x, y, valid, bad, row_max, exps, sum_exp, onehot, pix, cls, mask = _tile(
+            logits_ptr, target_ptr, tl.program_id(0) * TILES + t, hw, stride_n, stride_c, stride_hw, NUM_CLASSES,
+            ignore_index, BLOCK_P, BLOCK_C)
+        lse = row_max + tl.log(sum_exp)
+        target_logit = tl.sum(tl.where(onehot, x, 0.0), axis=1)
+        nll = tl.where(valid, lse - target_logit, 0.0)
+        nll = tl.where(bad, float("nan"), nll)
+        miss = valid & (target_logit < row_max)  # ties count as hits
+        # 1 - p(target) as the other classes' share: no cancellation when p(target) is close to 1.
+        soft_miss = tl.sum(tl.where(onehot, 0.0, exps), axis=1) / sum_exp
+        hits = onehot.to(tl.float32)
+        totals += tl.sum(hits, axis=0)
+        misses += tl.sum(hits * miss.to(tl.float32)[:, None], axis=0)
+        soft_misses += tl.sum(hits * soft_miss[:, None], axis=0)
+        # A bad label has no one-hot column: its NaN goes into every class's sum so the loss sees it.
+        nll_sums += tl.sum(tl.where(onehot | bad[:, None], nll[:, None], 0.0), axis=0)
+    cls = tl.arange(0, BLOCK_C)
+    program = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+    base = partial_ptr + program * 4 * NUM_CLASSES + cls
     keep = cls < NUM_CLASSES
-    tl.store(base, tl.sum(hits, axis=0), mask=keep)
-    tl.store(base + NUM_CLASSES, tl.sum(hits * miss.to(tl.float32)[:, None], axis=0), mask=keep)
-    tl.store(base + 2 * NUM_CLASSES, tl.sum(hits * soft_miss[:, None], axis=0), mask=keep)
-    # A bad label has no one-hot column: its NaN goes into every class's sum so the loss sees it.
-    nll_cols = tl.where(onehot | bad[:, None], nll[:, None], 0.0)
-    tl.store(base + 3 * NUM_CLASSES, tl.sum(nll_cols, axis=0), mask=keep)
+    tl.store(base, totals, mask=keep)
+    tl.store(base + NUM_CLASSES, misses, mask=keep)
+    tl.store(base + 2 * NUM_CLASSES, soft_misses, mask=keep)
+    tl.store(base + 3 * NUM_CLASSES, nll_sums, mask=keep)
 
 
 @triton.jit
@@ -73,7 +88,8 @@ def backward_kernel(logits_ptr, target_ptr, grad_sums_ptr, grad_ptr, hw, stride_
     """``grad[n, c] = dS[y_n] * (softmax_n(c) - [c == y_n])``, in the gradient tensor's dtype and strides."""
     # Recomputing the softmax from the logits costs arithmetic only; saving it would cost memory traffic.
     x, y, valid, bad, row_max, exps, sum_exp, onehot, pix, cls, mask = _tile(
-        logits_ptr, target_ptr, hw, stride_n, stride_c, stride_hw, NUM_CLASSES, ignore_index, BLOCK_P, BLOCK_C)
+        logits_ptr, target_ptr, tl.program_id(0), hw, stride_n, stride_c, stride_hw, NUM_CLASSES, ignore_index, BLOCK_P,
+        BLOCK_C)
     in_classes = valid & ~bad
     scale = tl.load(grad_sums_ptr + tl.where(in_classes, y, 0), mask=in_classes, other=0.0)
     # A bad label made the loss NaN; its gradient is NaN too, so the GradScaler (trainer.nonfinite=skip)
