@@ -82,18 +82,29 @@ def check_counts_are_exact_for_many_classes(device):
     logits = torch.randn(2, classes, 40, 72, generator=generator)
     target = torch.randint(0, classes, (2, 40, 72), generator=generator)
     target[:, :3] = IGNORE
-    counts, nll_sums = class_ce_statistics(*on(device, logits, target), classes, IGNORE)
+    x = logits.to(device).requires_grad_(True)
+    counts, nll_sums = class_ce_statistics(x, target.to(device), classes, IGNORE)
     valid = target != IGNORE
     labels = target[valid]
     miss = logits.gather(1, target.clamp_max(classes - 1).unsqueeze(1)).squeeze(1)[valid] < logits.amax(1)[valid]
     nll = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")[valid]
     assert counts[0].cpu().tolist() == torch.bincount(labels, minlength=classes).float().tolist()
     assert counts[1].cpu().tolist() == torch.bincount(labels[miss], minlength=classes).float().tolist()
-    torch.testing.assert_close(nll_sums.cpu(), torch.zeros(classes).index_add_(0, labels, nll), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nll_sums.detach().cpu(), torch.zeros(classes).index_add_(0, labels, nll), rtol=1e-5, atol=1e-5)
     soft = -torch.expm1(-nll.double())
     torch.testing.assert_close(counts[2].cpu().double(), torch.zeros(classes).double().index_add_(0, labels, soft), rtol=1e-5, atol=1e-6)
     # Counts are separate tensors: changing them in place (a DDP all-reduce, say) keeps backward working.
     counts.add_(1)
+    nll_sums.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def check_non_finite_logits_of_ignored_pixels_stay_out_of_the_counts(device):
+    logits, target = make_batch(n=1, h=4, w=6, ignore_fraction=0.0)
+    target[0, 0, 0] = IGNORE
+    logits[0, :, 0, 0] = float("inf")
+    counts, _ = class_ce_statistics(*on(device, logits, target), C, IGNORE)
+    assert torch.isfinite(counts).all(), counts
 
 
 def check_soft_misses_keep_precision_for_confident_pixels(device):
@@ -173,6 +184,8 @@ def check_out_of_range_label_makes_loss_and_gradient_nan(device):
         value.backward()
         assert torch.isnan(value).item(), f"label {bad_label} outside [0, C) must not pass silently"
         assert torch.isnan(x.grad).any().item(), "the gradient must be non-finite too, or nonfinite=skip would apply the step"
+        counts, _ = class_ce_statistics(x.detach(), target.to(device), C, IGNORE)
+        assert counts[0].sum().item() == target.numel() - 1, "a bad label must not be counted in any class"
 
 
 def check_trainer_skips_a_step_with_a_bad_label(device):

@@ -475,6 +475,49 @@ def test_sync_without_process_group_is_a_no_op():
     assert torch.equal(plain, synced) and torch.equal(plain_grad, synced_grad)
 
 
+def _recall_sync_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        logits, target = make_batch(n=2, h=5, w=7, seed=40 + rank)
+        value, grad = value_and_grad(make("recall", sync=True), logits, target)
+        torch.save({"value": value, "grad": grad}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_weights_come_from_the_counts_of_every_rank(tmp_path):
+    """Two gloo processes: each rank's weights are FN_c / N_c over both ranks' pixels, while the
+    mean runs over the rank's own pixels (DDP then averages the gradients)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_recall_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    batches = [make_batch(n=2, h=5, w=7, seed=40 + rank) for rank in range(2)]
+    per_rank = [recall_counts(*batch) for batch in batches]
+    totals = [a + b for a, b in zip(per_rank[0][0], per_rank[1][0])]
+    misses = [a + b for a, b in zip(per_rank[0][1], per_rank[1][1])]
+    for rank, (logits, target) in enumerate(batches):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        expected, expected_grad = value_and_grad(lambda x, t: recall_from_counts(x, t, totals, misses), logits.double(), target)
+        local = recall_oracle(logits.double(), target)
+        assert not torch.isclose(expected, local), "the two ranks' batches should give different weights"
+        torch.testing.assert_close(result["value"], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(result["grad"], expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_kernel_keeps_the_torch_path_beyond_the_fused_class_limit():
+    from types import SimpleNamespace
+
+    from recallseg.losses.fused_statistics import MAX_CLASSES, use_fused_kernel
+
+    def cuda_logits(classes):  # what use_fused_kernel looks at, without a GPU
+        return SimpleNamespace(is_cuda=True, dim=lambda: 4, shape=(1, classes, 8, 8))
+
+    assert not use_fused_kernel("auto", cuda_logits(MAX_CLASSES + 1))
+    assert use_fused_kernel("auto", cuda_logits(19)) == triton_available()
+
+
 def test_soft_recall_uses_target_probabilities():
     logits, target = make_batch(seed=13)
     loss = make("recall", soft=True)
@@ -592,7 +635,7 @@ def test_fused_kernel_matches_oracles_under_the_triton_interpreter():
         [sys.executable, str(tests_dir / "fused_kernel_cases.py")], cwd=tests_dir, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "all 12 checks passed" in result.stdout, result.stdout
+    assert "all 13 checks passed" in result.stdout, result.stdout
 
 
 def compile_for_hopper(kernel, num_classes: int, unit_strides: tuple[str, ...]) -> str:

@@ -80,9 +80,11 @@ def _launch_geometry(logits: torch.Tensor) -> tuple[tuple[int, int], int, int]:
     return (max(1, -(-(h * w) // block_p)), n), block_p, block_c
 
 
-def _forward_tiles(tiles_per_image: int) -> int:
-    """Tiles each forward program sums before writing its partial sums (a power of two, at most 8)."""
-    return min(_FORWARD_TILES, 1 << (tiles_per_image - 1).bit_length())
+def _forward_tiles(tiles_per_image: int) -> tuple[int, int]:
+    """(programs per image, tiles each sums): at most 8 tiles a program, spread evenly so that
+    programs loop over few tiles past the image's end."""
+    programs = -(-tiles_per_image // _FORWARD_TILES)
+    return programs, -(-tiles_per_image // programs)
 
 
 def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -103,8 +105,8 @@ class _ClassCEStatistics(torch.autograd.Function):
             logits = logits.contiguous()
         target = target.contiguous()
         (tiles, images), block_p, block_c = _launch_geometry(logits)
-        per_program = _forward_tiles(tiles)
-        grid = (-(-tiles // per_program), images)
+        programs, per_program = _forward_tiles(tiles)
+        grid = (programs, images)
         partial = torch.empty(grid[0] * grid[1], 4, logits.shape[1], dtype=torch.float32, device=logits.device)
         forward_kernel[grid](
             logits, target, partial, logits.shape[2] * logits.shape[3], *_pixel_strides(logits), ignore_index=ignore_index,

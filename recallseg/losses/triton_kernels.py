@@ -38,7 +38,7 @@ def _tile(logits_ptr, target_ptr, tile, hw, stride_n, stride_c, stride_hw, NUM_C
     row_max = tl.where(in_range, tl.max(x, axis=1), 0.0)
     exps = tl.exp(x - row_max[:, None])
     sum_exp = tl.where(in_range, tl.sum(exps, axis=1), 1.0)
-    onehot = (cls[None, :] == y[:, None]) & valid[:, None]
+    onehot = (cls[None, :] == y[:, None]) & (valid & ~bad)[:, None]
     return x, y, valid, bad, row_max, exps, sum_exp, onehot, pix, cls, mask
 
 
@@ -68,7 +68,7 @@ def forward_kernel(logits_ptr, target_ptr, partial_ptr, hw, stride_n, stride_c, 
         hits = onehot.to(tl.float32)
         totals += tl.sum(hits, axis=0)
         misses += tl.sum(hits * miss.to(tl.float32)[:, None], axis=0)
-        soft_misses += tl.sum(hits * soft_miss[:, None], axis=0)
+        soft_misses += tl.sum(tl.where(onehot, soft_miss[:, None], 0.0), axis=0)  # no 0 * NaN from ignored pixels
         # A bad label has no one-hot column: its NaN goes into every class's sum so the loss sees it.
         nll_sums += tl.sum(tl.where(onehot | bad[:, None], nll[:, None], 0.0), axis=0)
     cls = tl.arange(0, BLOCK_C)
