@@ -50,6 +50,21 @@ def test_training_stream_resumes_at_any_sample_and_shards_disjointly():
     rank0 = [i for i, _ in itertools.islice(iter(TrainingStream(10, seed=1, rank=0, world_size=2)), 5)]
     rank1 = [i for i, _ in itertools.islice(iter(TrainingStream(10, seed=1, rank=1, world_size=2)), 5)]
     assert sorted(rank0 + rank1) == list(range(10))
+    # The first epoch is the permutation DistributedSampler would draw (a single process's
+    # stream did not change when the ranks stopped sharding through it).
+    generator = torch.Generator().manual_seed(1)
+    assert [i for i, _ in full[:10]] == torch.randperm(10, generator=generator).tolist()
+
+
+@pytest.mark.parametrize("length", [7, 8])
+def test_three_ranks_together_see_the_one_rank_stream_whatever_the_length(length):
+    """Rank r's k-th key is the one-rank stream's (3k + r)-th, across epoch boundaries and with
+    a dataset length that 3 does not divide (no padding, no repeated samples within an epoch)."""
+    single = list(itertools.islice(iter(TrainingStream(length, seed=4)), 30))
+    ranks = [list(itertools.islice(iter(TrainingStream(length, seed=4, rank=r, world_size=3, start=2)), 8)) for r in range(3)]
+    for k in range(8):
+        for r in range(3):
+            assert ranks[r][k] == single[3 * (k + 2) + r]
     with pytest.raises(ValueError, match="empty"):
         TrainingStream(0, seed=0)
 

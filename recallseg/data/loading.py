@@ -13,7 +13,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from .base import SegmentationDataset
 
@@ -21,35 +21,35 @@ from .base import SegmentationDataset
 class TrainingStream(Sampler):
     """Endless stream of ``(index, seed)`` keys for one rank, resumable at any sample.
 
-    Each epoch is a ``DistributedSampler`` permutation (``set_epoch`` per epoch, so every
-    rank sees a disjoint shard and the order changes per epoch); a single process is simply
-    rank 0 of 1. The augmentation seed of a sample is a function of the run seed and the
-    sample's position in the stream, so a run resumed at ``start`` sees exactly the samples
-    and augmentations that an uninterrupted run would, whatever the number of workers.
+    There is one global stream: epoch after epoch, a permutation of the dataset seeded by
+    ``seed + epoch`` (PyTorch's ``randperm``, as ``DistributedSampler`` draws it). Rank r of N
+    takes global positions r, r + N, r + 2N, ... straight across epoch boundaries, so the ranks
+    see disjoint samples and N ranks with batch B see exactly what one rank with batch N*B sees,
+    whatever the dataset's length (no padding). A sample's augmentation seed is a function of
+    the run seed and its global position, so a run resumed at ``start`` (this rank's position)
+    sees exactly the samples and augmentations an uninterrupted run would, for any number of
+    workers.
     """
 
     def __init__(self, dataset_length: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
         if dataset_length == 0:
             raise ValueError("the training split is empty; check dataset.root and the split files")
-        self.shard = DistributedSampler(
-            range(dataset_length), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
-        )
-        self.seed, self.rank, self.world_size, self.start = seed, rank, world_size, start
+        self.length, self.seed, self.rank, self.world_size, self.start = dataset_length, seed, rank, world_size, start
+
+    def _permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.length, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        per_epoch = len(self.shard)
-        epoch, offset = divmod(self.start, per_epoch)
-        position = self.start
+        position, epoch, order = self.start, None, []
         while True:
-            self.shard.set_epoch(epoch)
-            for index in list(self.shard)[offset:]:
-                # Seeded by the position in the *global* stream, so N ranks with batch B see
-                # the same samples and augmentations as one rank with batch N*B.
-                global_position = position * self.world_size + self.rank
-                seed = int(np.random.SeedSequence([self.seed, global_position]).generate_state(1)[0])
-                yield index, seed
-                position += 1
-            epoch, offset = epoch + 1, 0
+            global_position = position * self.world_size + self.rank
+            sample_epoch, offset = divmod(global_position, self.length)
+            if sample_epoch != epoch:
+                epoch, order = sample_epoch, self._permutation(sample_epoch)
+            seed = int(np.random.SeedSequence([self.seed, global_position]).generate_state(1)[0])
+            yield order[offset], seed
+            position += 1
 
 
 def single_threaded_opencv(worker_id: int) -> None:
