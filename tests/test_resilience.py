@@ -176,11 +176,14 @@ def test_each_rank_resumes_its_own_random_state(caplog):
 
     states = [{"torch": torch.tensor([rank])} for rank in range(3)]
     checkpoint = {"rng": states[0], "rng_per_rank": states}
-    assert [rng_state_for_rank(checkpoint, rank, 3)["torch"].item() for rank in range(3)] == [0, 1, 2]
-    assert rng_state_for_rank({"rng": states[0]}, 0, 1) is states[0]  # single process: no warning
+    assert [rng_state_for_rank(checkpoint, rank, 3)[0]["torch"].item() for rank in range(3)] == [0, 1, 2]
+    assert all(rng_state_for_rank(checkpoint, rank, 3)[1] for rank in range(3))
+    assert rng_state_for_rank({"rng": states[0]}, 0, 1) == (states[0], True)  # single process: no warning
     assert not caplog.records
-    # Another number of ranks: rank 0's state for all, and the user is told what that costs.
-    assert rng_state_for_rank(checkpoint, 1, 2) is states[0]
+    # Another number of ranks: rank 0's state for all (only rank 0's own, the others are
+    # reseeded), and the user is told what that costs.
+    assert rng_state_for_rank(checkpoint, 1, 2) == (states[0], False)
+    assert rng_state_for_rank(checkpoint, 0, 2) == (states[0], True)
     assert "dropout will not repeat" in caplog.text
 
 

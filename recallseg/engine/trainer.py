@@ -101,18 +101,19 @@ def rng_states_of_all_ranks(distributed: bool, world_size: int) -> list[dict[str
     return states
 
 
-def rng_state_for_rank(checkpoint: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
-    """The random state this rank resumes with: its own when the checkpoint has one per rank
-    for this many ranks; otherwise rank 0's (``rng``), which cannot reproduce other ranks' dropout."""
+def rng_state_for_rank(checkpoint: dict[str, Any], rank: int, world_size: int) -> tuple[dict[str, Any], bool]:
+    """The random state this rank resumes with, and whether it is this rank's own: it is when the
+    checkpoint has one per rank for this many ranks (or a single process resumes one); otherwise
+    it is rank 0's (``rng``), which cannot reproduce other ranks' dropout."""
     per_rank = checkpoint.get("rng_per_rank")
     if per_rank is not None and len(per_rank) == world_size:
-        return per_rank[rank]
+        return per_rank[rank], True
     if world_size > 1:
         log.warning(
             "the checkpoint holds random states for %s rank(s), this run has %d: rank 0 resumes its own and the other "
             "ranks are reseeded, so dropout will not repeat an uninterrupted run", len(per_rank) if per_rank else 1, world_size,
         )
-    return checkpoint["rng"]
+    return checkpoint["rng"], rank == 0
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -313,9 +314,9 @@ class Trainer:
             )
         )
         if resumed is not None:  # after the loader drew its seed, as the uninterrupted run's loader did at its start
-            set_rng_state(rng_state_for_rank(resumed, runtime.rank, runtime.world_size))
-            if runtime.rank > 0 and len(resumed.get("rng_per_rank") or [None]) != runtime.world_size:
-                # Rank 0's state on every rank would give all ranks the same dropout masks from here on.
+            state, own = rng_state_for_rank(resumed, runtime.rank, runtime.world_size)
+            set_rng_state(state)
+            if not own:  # rank 0's state on every rank would give all ranks the same dropout masks
                 torch.manual_seed(cfg.seed + 7919 * runtime.rank + self.iteration)
         self._train_mode()
         stop_at = tcfg.max_iters
