@@ -87,12 +87,10 @@ def predict(cfg) -> list[Path]:
     from recallseg.engine.inference import Inference, InferenceSettings
     from recallseg.engine.predictions import PredictionWriter
     from recallseg.engine.runtime import Normalizer, init_runtime
-    from recallseg.engine.trainer import import_user_modules
 
     checkpoint = Path(cfg.checkpoint)
     state = read_checkpoint(checkpoint)
     train_cfg = OmegaConf.create(state["config"])
-    import_user_modules(train_cfg.get("imports"))
     classes = list(state.get("classes") or [])
     if not classes:
         raise PredictError(f"{checkpoint} does not list its classes; was it written by recallseg train?")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from ..construct import build
+from ..errors import ConfigError
 from .base import SegmentationDataset
 from .cache import CachedDataset
 from .transforms import build_transform
@@ -37,7 +38,10 @@ def dataset_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in cfg.items() if key not in RESERVED_KEYS}
 
 
-def build_dataset(cfg: Mapping[str, Any], split: str, train: bool | None = None, transform: Any = "auto") -> SegmentationDataset:
+def build_dataset(
+    cfg: Mapping[str, Any], split: str, train: bool | None = None, transform: Any = "auto", *, trusted: bool = True,
+    named_by_user: frozenset[str] = frozenset(),
+) -> SegmentationDataset:
     """Instantiate the dataset of ``cfg`` for ``split``.
 
     ``train`` picks the transform pipeline (train or val); by default it is ``split == train_split``.
@@ -46,25 +50,26 @@ def build_dataset(cfg: Mapping[str, Any], split: str, train: bool | None = None,
     """
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
-    if "_target_" not in cfg:
-        raise ValueError(f"dataset config has no _target_ naming the dataset class: {cfg}")
     if train is None:
-        train = split == cfg.get("train_split", "train")
+        train = split == cfg["train_split"]
     options = dataset_options(cfg)
     size_divisor = cfg.get("size_divisor")
     resize = options.get("resize")
     if size_divisor and resize is not None and any(int(v) % int(size_divisor) for v in resize):
-        raise ValueError(
-            f"dataset.resize {list(resize)} is not divisible by {size_divisor} (dataset.size_divisor, the model's output "
-            f"stride): use multiples of {size_divisor}, e.g. [{_round_to(resize[0], size_divisor)}, {_round_to(resize[1], size_divisor)}]"
+        raise ConfigError(
+            "dataset.resize", f"{list(resize)} is not divisible by {size_divisor} (dataset.size_divisor, the model's output stride)",
+            f"use multiples of {size_divisor}, e.g. [{_round_to(resize[0], size_divisor)}, {_round_to(resize[1], size_divisor)}]",
         )
-    cls = get_class(cfg["_target_"])
-    dataset = cls(split=split, transform=None, **options)
+    section = {"_target_": cfg["_target_"], **options}
+    dataset = build(section, "dataset", kind=SegmentationDataset, trusted=trusted, named_by_user=named_by_user, split=split, transform=None)
     if cfg.get("cache", False):
         dataset = CachedDataset(dataset, cfg.get("cache_dir"))
     if transform == "auto":
         key = "train_transform" if train else "val_transform"
-        transform = build_transform(cfg.get(key), size_divisor=size_divisor, ignore_index=dataset.ignore_index, where=f"dataset.{key}")
+        transform = build_transform(
+            cfg.get(key), size_divisor=size_divisor, ignore_index=dataset.ignore_index, where=f"dataset.{key}", trusted=trusted,
+            named_by_user=named_by_user,
+        )
     dataset.transform = transform
     return dataset
 

@@ -28,15 +28,18 @@ from typing import Any, Sequence
 import albumentations as A
 import cv2
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ..construct import build
+from ..errors import ConfigError
 
 # Transforms whose output size depends on the input (a fixed size before them is lost).
 VARIABLE_SIZE = ("RandomScale", "LongestMaxSize", "SmallestMaxSize", "RandomSizedBBoxSafeCrop", "BBoxSafeRandomCrop", "CropAndPad", "Pad")
 
 
 def build_transform(
-    specs: Sequence[Any] | None, size_divisor: int | None = None, ignore_index: int | None = None, where: str = "transform"
+    specs: Sequence[Any] | None, size_divisor: int | None = None, ignore_index: int | None = None, where: str = "transform",
+    trusted: bool = True, named_by_user: frozenset[str] = frozenset(),
 ) -> A.Compose | None:
     """Compose the transform specs into one albumentations pipeline (None for no transform).
 
@@ -47,7 +50,12 @@ def build_transform(
     """
     if isinstance(specs, (DictConfig, ListConfig)):
         specs = OmegaConf.to_container(specs, resolve=True)
-    transforms = [spec if callable(spec) else instantiate(spec) for spec in (specs or [])]
+    if specs is not None and not isinstance(specs, (list, tuple)):
+        raise ConfigError(where, f"must be a list of transforms ({{_target_: albumentations.X, ...}}) or null, got {specs!r}")
+    transforms = [
+        spec if callable(spec) else build(spec, f"{where}[{i}]", kind=(A.BasicTransform, A.BaseCompose), trusted=trusted, named_by_user=named_by_user)
+        for i, spec in enumerate(specs or [])
+    ]
     if ignore_index is not None:
         check_mask_fill(transforms, ignore_index, where)
     if size_divisor is not None:
@@ -100,9 +108,9 @@ def check_output_size(transforms: Sequence[Any], size_divisor: int, where: str =
         if sizes is not None:
             height, width = sizes
             if height % size_divisor or width % size_divisor:
-                raise ValueError(
-                    f"{where}: {name} makes {height}x{width} (HxW) frames, but the model needs sides divisible by "
-                    f"{size_divisor} (its output stride): use height {_nearest_multiples(height, size_divisor)} and "
+                raise ConfigError(
+                    where, f"{name} makes {height}x{width} (HxW) frames, but the model needs sides divisible by "
+                    f"{size_divisor} (its output stride)", f"use height {_nearest_multiples(height, size_divisor)} and "
                     f"width {_nearest_multiples(width, size_divisor)}"
                 )
             state = "fixed"
@@ -125,8 +133,8 @@ def check_mask_fill(transforms: Sequence[Any], ignore_index: int, where: str = "
             pads = pads and transform.pad_if_needed
         fill = transform.fill_mask
         if pads and (np.ndim(fill) != 0 or float(fill) != float(ignore_index)):
-            raise ValueError(
-                f"{where}: {type(transform).__name__} pads the mask with {fill}, but the dataset ignores {ignore_index}: "
+            raise ConfigError(
+                where, f"{type(transform).__name__} pads the mask with {fill}, but the dataset ignores {ignore_index}",
                 f"set fill_mask: {ignore_index} so padded pixels take no part in the loss"
             )
 

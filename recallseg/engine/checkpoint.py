@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from ..atomic_files import atomic_write
+from ..errors import UserError
 
 FORMAT = "recallseg-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 

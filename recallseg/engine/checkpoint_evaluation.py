@@ -6,85 +6,55 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..construct import plain
+
 from ..data.builder import build_dataset
-from ..data.transforms import build_transform
 from ..metrics import format_table, metrics_from_confusion
 from ..models import build_model
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError
+from .checkpoint_config import checkpoint_config, read_checkpoint
 from .evaluation import evaluate
-from .evaluation_data import EvaluationSamples, evaluation_loader, sample_names
+from .evaluation_data import evaluation_loader, evaluation_samples, sample_names
 from .evaluation_report import write_evaluation_report
 from .inference import Inference, InferenceSettings
 from .predictions import PredictionWriter
 from .runtime import Normalizer, Runtime, init_runtime
-from .trainer import import_user_modules
 
 log = logging.getLogger("recallseg")
 
-# Sections that belong to the evaluation run itself, never taken from the checkpoint.
-EVAL_ONLY_KEYS = ("checkpoint", "output_dir", "evaluation", "inference", "predictions")
+__all__ = ["evaluate_checkpoint", "model_from_checkpoint", "read_checkpoint", "check_classes"]
 
 
-def override_keys(overrides: Iterable[str]) -> list[str]:
-    """Config keys named by Hydra command-line overrides (``a.b=1``, ``+a=1``, ``~a``, ``group=choice``)."""
-    keys = []
-    for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if key and not key.startswith("hydra"):
-            keys.append(key)
-    return keys
-
-
-def merge_with_checkpoint(eval_cfg: DictConfig, stored: dict, overrides: Iterable[str]) -> DictConfig:
-    """The stored training config, with the keys the user overrode and the eval-only sections from ``eval_cfg``."""
-    merged = OmegaConf.create(stored)
-    OmegaConf.set_struct(merged, False)
-    for key in EVAL_ONLY_KEYS:
-        if key in eval_cfg:
-            merged[key] = OmegaConf.to_container(eval_cfg, resolve=True)[key]
-    for key in override_keys(overrides):
-        if key.split(".")[0] in EVAL_ONLY_KEYS:
-            continue
-        value = OmegaConf.select(eval_cfg, key, default=None)
-        if isinstance(value, DictConfig):
-            value = OmegaConf.to_container(value, resolve=True)
-        OmegaConf.update(merged, key, value, force_add=True)
-    return merged
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A recallseg checkpoint with model weights and the training config (CheckpointError otherwise)."""
-    path = Path(path)
-    state = load_checkpoint(path)
-    if "config" not in state or "model" not in state:
-        raise CheckpointError(f"{path} has no model weights or config; was it written by recallseg train?")
-    return state
-
-
-def check_class_count(state: dict, classes: list[str], checkpoint_path: Path, where: str) -> None:
-    stored_classes = state.get("classes", classes)
-    if len(stored_classes) != len(classes):
+def check_classes(state: dict, classes: list[str], checkpoint_path: Path, where: str) -> None:
+    """The dataset must have the checkpoint's classes, by name and order (not just as many)."""
+    stored = list(state.get("classes") or [])
+    if stored != list(classes):
+        detail = f"{len(stored)} vs {len(classes)} classes" if len(stored) != len(classes) else f"first difference: {next(f'{a!r} vs {b!r}' for a, b in zip(stored, classes) if a != b)}"
         raise CheckpointError(
-            f"{checkpoint_path} was trained for {len(stored_classes)} classes but {where} has {len(classes)}; "
-            "evaluate it on a dataset with the same classes"
+            f"{checkpoint_path}: it was trained for classes {stored} but {where} has {list(classes)} ({detail}); evaluate it on "
+            "data with the same classes, mapped to them if needed (a Synthia model on Cityscapes: dataset.class_set=synthia16)"
         )
 
 
-def model_from_checkpoint(state: dict, cfg: DictConfig, num_classes: int, runtime: Runtime, checkpoint_path: Path) -> torch.nn.Module:
-    """The checkpoint's model (built from ``cfg.model``, never downloading weights) on the runtime's device, in eval mode."""
-    model = build_model({**OmegaConf.to_container(cfg.model, resolve=True), "encoder_weights": None}, num_classes)
+def model_from_checkpoint(
+    state: dict, cfg: Mapping[str, Any], num_classes: int, runtime: Runtime, checkpoint_path: Path, named_by_user: frozenset[str] = frozenset()
+) -> torch.nn.Module:
+    """The checkpoint's model, built from its stored (untrusted) ``model`` section without downloading
+    anything, with its weights, on the runtime's device, in eval mode."""
+    model_cfg = plain(cfg["model"])
+    model = build_model(model_cfg, num_classes, trusted=False, named_by_user=named_by_user, offline=True)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise CheckpointError(
-            f"the weights in {checkpoint_path} do not fit model {cfg.model.get('arch')}/{cfg.model.get('encoder_name')} "
-            f"({first}); do not override model.* when evaluating a checkpoint"
+            f"{checkpoint_path}: its weights do not fit model {model_cfg.get('_target_')} ({first}); do not override model.* "
+            "when evaluating a checkpoint"
         ) from None
     model.to(runtime.device)
     if runtime.channels_last:
@@ -93,35 +63,34 @@ def model_from_checkpoint(state: dict, cfg: DictConfig, num_classes: int, runtim
 
 
 def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
-    """Evaluate ``eval_cfg.checkpoint`` on ``dataset.split``; returns the metrics (also written to metrics.json)."""
+    """Evaluate ``eval_cfg.checkpoint`` on ``dataset.split`` (``overrides`` change the stored config);
+    returns the metrics (also written to metrics.json)."""
     checkpoint_path = Path(eval_cfg.checkpoint)
-    state = read_checkpoint(checkpoint_path)
-    cfg = merge_with_checkpoint(eval_cfg, state["config"], overrides)
-    import_user_modules(cfg.get("imports"))
-    settings = InferenceSettings.from_config(cfg.get("inference"))
-    ecfg = cfg.get("evaluation", {}) or {}
-    pcfg = cfg.get("predictions", {}) or {}
-    runtime = init_runtime(cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last)
-    split = cfg.dataset.get("split", "val")
-    dataset = build_dataset(cfg.dataset, split, train=False, transform=None)
+    state, stored, named = checkpoint_config(checkpoint_path, overrides)
+    ecfg = OmegaConf.to_container(eval_cfg, resolve=True)
+    settings = InferenceSettings.from_config(ecfg["inference"])
+    evaluation, pcfg = ecfg["evaluation"], ecfg["predictions"]
+    trainer = stored.get("trainer", {})
+    runtime = init_runtime(trainer.get("device", "auto"), trainer.get("amp", "auto"), trainer.get("channels_last", "auto"))
+    split = stored["dataset"].get("split", "val")
+    dataset = build_dataset(stored["dataset"], split, train=False, transform=None, trusted=False, named_by_user=named)
     classes = list(dataset.classes)
-    check_class_count(state, classes, checkpoint_path, f"dataset {type(dataset).__name__} ({split} split)")
-    model = model_from_checkpoint(state, cfg, len(classes), runtime, checkpoint_path)
+    check_classes(state, classes, checkpoint_path, f"dataset {type(dataset).__name__} ({split} split)")
+    model = model_from_checkpoint(state, stored, len(classes), runtime, checkpoint_path, named)
+    cfg = OmegaConf.create({**stored, "output_dir": ecfg["output_dir"]})
 
     out = Path(cfg.output_dir)
     writer = None
-    if pcfg.get("save", False):
+    if pcfg["save"]:
         writer = PredictionWriter(
-            pcfg.get("dir") or out / "predictions", pcfg.get("format", "color"), sample_names(dataset), classes,
-            palette=dataset.palette, alpha=pcfg.get("alpha", 0.5),
+            pcfg["dir"] or out / "predictions", pcfg["format"], sample_names(dataset), classes, palette=dataset.palette, alpha=pcfg["alpha"],
         )  # fmt: skip
-    # No padding here: inference pads to the model's stride and crops back (see evaluation_data.py).
-    transform = build_transform(cfg.dataset.get("val_transform"), ignore_index=dataset.ignore_index, where="dataset.val_transform")
-    full_resolution = bool(ecfg.get("full_resolution", True))
-    samples = EvaluationSamples(dataset, transform, full_resolution=full_resolution, keep_image=writer is not None and writer.needs_image)
-    batch_size = ecfg.get("batch_size") or cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size
-    num_workers = ecfg.get("num_workers", 0)
-    loader = evaluation_loader(samples, batch_size, num_workers, runtime.rank, runtime.world_size, pin_memory=runtime.device.type == "cuda")
+    full_resolution = evaluation["full_resolution"]
+    samples = evaluation_samples(
+        stored["dataset"], dataset, full_resolution, keep_image=writer is not None and writer.needs_image, trusted=False, named_by_user=named
+    )  # fmt: skip
+    batch_size = evaluation["batch_size"] or trainer.get("batch_size", 1)
+    loader = evaluation_loader(samples, batch_size, evaluation["num_workers"], runtime.rank, runtime.world_size, pin_memory=runtime.device.type == "cuda")
     normalizer = Normalizer(cfg.model.mean, cfg.model.std, runtime)
 
     def save(prediction: torch.Tensor, index: int, batch: dict) -> None:

@@ -79,4 +79,6 @@ def check_graph_support(runtime, nonfinite: str, optimizer_target: str) -> None:
     if optimizer_target.rsplit(".", 1)[-1] not in ("Adam", "AdamW", "SGD"):
         problems.append(f"optimizer {optimizer_target} is not known to be capturable: use adam, adamw or sgd")
     if problems:
-        raise ValueError("trainer.cuda_graph=true is not possible here: " + "; ".join(problems))
+        from ..errors import ConfigError
+
+        raise ConfigError("trainer.cuda_graph", "true is not possible here: " + ", and ".join(problems), "set trainer.cuda_graph=false")

@@ -136,3 +136,20 @@ def evaluation_loader(
         dataset, batch_size=max(int(batch_size), 1), shuffle=False, num_workers=int(num_workers),
         pin_memory=pin_memory, collate_fn=collate_evaluation,
     )  # fmt: skip
+
+
+def evaluation_samples(
+    dataset_cfg: Any, dataset: SegmentationDataset, full_resolution: bool, keep_image: bool = False, *, trusted: bool = True,
+    named_by_user: frozenset[str] = frozenset(),
+) -> EvaluationSamples:
+    """What validation and evaluate.py score: ``dataset`` (built without a transform) through
+    ``dataset.val_transform``, next to its labels. No padding is added: inference pads to the
+    model's stride by itself and crops the logits back."""
+    from ..construct import plain
+    from ..data.transforms import build_transform
+
+    transform = build_transform(
+        plain(dataset_cfg).get("val_transform"), ignore_index=dataset.ignore_index, where="dataset.val_transform", trusted=trusted,
+        named_by_user=named_by_user,
+    )  # fmt: skip
+    return EvaluationSamples(dataset, transform, full_resolution=full_resolution, keep_image=keep_image)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import torch
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+
+from ..construct import accepted_options, build, locate, plain
 
 
 def build_optimizer(
@@ -20,23 +20,20 @@ def build_optimizer(
     ``capturable`` prepares it for CUDA-graph capture: the learning rate lives in a device
     tensor (the scheduler fills it between replays) and the step counts stay on the device.
     """
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    options = dict(cfg)
-    cls = get_class(options.pop("_target_"))
-    accepted = inspect.signature(cls).parameters
-    if device.type == "cuda" and "fused" in accepted and "fused" not in options:
-        options["fused"] = True
+    section = dict(plain(cfg))
+    accepted, _ = accepted_options(locate(section.get("_target_"), "optimizer._target_"))
+    if device.type == "cuda" and "fused" in accepted and "fused" not in section:
+        section["fused"] = True
     if capturable:
         if "capturable" in accepted:
-            options["capturable"] = True
-        base_lr = float(options["lr"])
-        options["lr"] = torch.tensor(base_lr, device=device)
-        optimizer = cls(params, **options)
+            section["capturable"] = True
+        base_lr = float(section["lr"])
+        section["lr"] = torch.tensor(base_lr, device=device)
+        optimizer = build(section, "optimizer", params=params)
         for group in optimizer.param_groups:
             group["initial_lr"] = base_lr  # a float base: the scheduler then fills the tensor without a sync
         return optimizer
-    return cls(params, **options)
+    return build(section, "optimizer", params=params)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -44,28 +41,42 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def lr_factor(iteration: int, max_iters: int, name: str, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 0.1, min_factor: float = 0.0) -> float:
-    """Multiplier of the base learning rate at ``iteration`` (0-based, before its step).
+@dataclass
+class PolySchedule:
+    """``(1 - it / max_iters) ** power``, floored at ``min_factor``, after an optional linear warmup
+    from ``warmup_ratio`` to 1 over ``warmup_iters`` iterations."""
 
-    ``poly``: ``(1 - it / max_iters) ** power``, floored at ``min_factor``; ``constant``: 1.
-    A linear warmup from ``warmup_ratio`` to 1 over ``warmup_iters`` multiplies either.
-    """
-    if name == "poly":
-        factor = max((1.0 - iteration / max_iters) ** power, min_factor) if iteration < max_iters else min_factor
-    elif name == "constant":
-        factor = 1.0
-    else:
-        raise ValueError(f"scheduler.name must be poly or constant, got {name!r}")
-    if warmup_iters > 0 and iteration < warmup_iters:
-        factor *= warmup_ratio + (1.0 - warmup_ratio) * iteration / warmup_iters
-    return factor
+    power: float = 0.9
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.1
+    min_factor: float = 0.0
+
+    def __post_init__(self):
+        if self.power < 0 or self.warmup_iters < 0 or not 0 <= self.warmup_ratio <= 1 or not 0 <= self.min_factor <= 1:
+            raise ValueError(f"power and warmup_iters must be >= 0, warmup_ratio and min_factor in [0, 1]; got {self}")
+
+    def decay(self, iteration: int, max_iters: int) -> float:
+        return max((1.0 - iteration / max_iters) ** self.power, self.min_factor) if iteration < max_iters else self.min_factor
+
+    def factor(self, iteration: int, max_iters: int) -> float:
+        """Multiplier of the base learning rate at ``iteration`` (0-based, before its step)."""
+        factor = self.decay(iteration, max_iters)
+        if self.warmup_iters > 0 and iteration < self.warmup_iters:
+            factor *= self.warmup_ratio + (1.0 - self.warmup_ratio) * iteration / self.warmup_iters
+        return factor
+
+
+@dataclass
+class ConstantSchedule(PolySchedule):
+    """The base learning rate throughout (after the optional warmup)."""
+
+    def decay(self, iteration: int, max_iters: int) -> float:
+        return 1.0
 
 
 def build_scheduler(cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, max_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per iteration."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    options = dict(cfg)
-    name = options.pop("name")
-    lr_factor(0, max_iters, name, **options)  # validate the options now, not at the first step
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, max_iters, name, **options))
+    """A LambdaLR stepped once per iteration, following the schedule ``cfg`` names."""
+    schedule = build(cfg, "scheduler")
+    # A function, not the schedule object: LambdaLR would save an object's fields in its state
+    # and a resume would bring back the old schedule's options.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: schedule.factor(iteration, max_iters))

@@ -21,25 +21,29 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.builder import build_dataset
-from ..data.loading import eval_loader, train_loader
-from ..data.statistics import cached_class_pixel_counts, read_statistics
-from ..losses import LossContext, build_loss
+from ..data.loading import train_loader
 from ..metrics import format_table, metrics_from_confusion
-from ..models import build_model
+from ..errors import UserError
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .cuda_graph import GraphedStep
 from .evaluation import evaluate
-from .cuda_graph import GraphedStep, check_graph_support
-from .optim import build_optimizer, build_scheduler, current_lr
-from .reporting import PerClassHistory, log_metrics, write_metrics_json
-from .runtime import Normalizer, Runtime, init_runtime, seed_everything, to_target
+from .evaluation_data import evaluation_loader, evaluation_samples
+from .inference import Inference, InferenceSettings
+from .reporting import log_metrics, write_metrics_json
+from .resume_changes import apply_optimizer_options, check_resumable
+from .runtime import Runtime, init_runtime, seed_everything, to_target
+from .setup import build_training, describe_parts
+from .training_log import TrainingLogger, TrainingWindow
 
 log = logging.getLogger("recallseg")
 
-MONITOR_KEYS = ("mIoU", "mAcc", "aAcc", "mPrecision")
-NONFINITE_POLICIES = ("stop", "skip")
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class RunRefused(UserError):
+    """The run directory cannot be used as asked; nothing in it was changed."""
 
 
 class Interrupted(SystemExit):
@@ -71,12 +75,6 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
-
-
-def import_user_modules(modules) -> None:
-    """Import the modules listed in ``imports`` so that their losses/datasets register themselves."""
-    for name in modules or []:
-        importlib.import_module(name)
 
 
 def rng_state() -> dict[str, Any]:
@@ -127,78 +125,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """Builds everything from the config, then ``fit()`` runs the loop and returns the final metrics."""
+    """Builds every part from the (validated) config, then ``fit()`` runs the loop and returns the final metrics."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         tcfg = cfg.trainer
-        import_user_modules(cfg.get("imports"))
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.runtime: Runtime = init_runtime(tcfg.device, tcfg.amp, tcfg.channels_last, deterministic=tcfg.get("deterministic", False))
+        self.runtime: Runtime = init_runtime(tcfg.device, tcfg.amp, tcfg.channels_last, deterministic=tcfg.deterministic)
         seed_everything(cfg.seed)
-        self.nonfinite = tcfg.get("nonfinite", "stop")
-        if self.nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"trainer.nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
-        device = self.runtime.device
-
-        dataset_cfg = cfg.dataset
-        self.train_set = build_dataset(dataset_cfg, dataset_cfg.get("train_split", "train"), train=True)
-        self.val_set = build_dataset(dataset_cfg, dataset_cfg.get("val_split", "val"), train=False)
+        self.nonfinite = tcfg.nonfinite
+        parts = build_training(cfg, self.runtime)
+        self.train_set, self.val_set = parts.train_set, parts.val_set
+        self.model, self.module, self.criterion = parts.model, parts.module, parts.criterion
+        self.optimizer, self.scheduler, self.scaler, self.normalizer = parts.optimizer, parts.scheduler, parts.scaler, parts.normalizer
         self.classes = list(self.train_set.classes)
         self.num_classes = len(self.classes)
         self.ignore_index = self.train_set.ignore_index
-
-        self.model = build_model(cfg.model, self.num_classes).to(device)
-        if self.runtime.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if tcfg.get("sync_batchnorm", False) and self.runtime.device.type != "cuda":
-            raise ValueError("trainer.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm); on CPU use trainer.freeze_batchnorm=true")
-        if self.runtime.distributed and tcfg.get("sync_batchnorm", False):
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.module = self.model
-        if self.runtime.distributed:
-            ids = [device.index] if device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            # The common seed gave every rank the same initial weights (DDP broadcasts rank 0's
-            # anyway); from here on each rank draws its own dropout masks.
-            torch.manual_seed(cfg.seed + 7919 * self.runtime.rank)
-        context = LossContext(self.num_classes, self.ignore_index, class_pixel_counts=self._training_pixel_counts)
-        self.criterion = build_loss(cfg.loss, context).to(device)
-        self.cuda_graph = bool(tcfg.get("cuda_graph", False))
-        if self.cuda_graph:
-            check_graph_support(self.runtime, self.nonfinite, cfg.optimizer._target_)
-        self.optimizer = build_optimizer(cfg.optimizer, self.module.parameters(), device, capturable=self.cuda_graph)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, tcfg.max_iters)
-        # The GradScaler skips steps whose gradients are not finite, without a host sync when the
-        # optimizer is fused. fp16 needs it for scaling; trainer.nonfinite=skip uses it at scale 1.
-        use_scaler = self.runtime.uses_grad_scaler or self.nonfinite == "skip"
-        scale = 2.0**16 if self.runtime.uses_grad_scaler else 1.0
-        growth = 2000 if self.runtime.uses_grad_scaler else 2**31 - 1
-        self.scaler = torch.amp.GradScaler(device.type, init_scale=scale, growth_interval=growth, enabled=use_scaler)
-        self.normalizer = Normalizer(cfg.model.mean, cfg.model.std, self.runtime)
-        self._graphed = GraphedStep(self._optimize, device) if self.cuda_graph else None
+        self.cuda_graph = tcfg.cuda_graph
+        self._graphed = GraphedStep(self._optimize, self.runtime.device) if self.cuda_graph else None
         self._found_inf: torch.Tensor | None = None
-
-        monitor = str(tcfg.get("monitor", "mIoU")).removeprefix("val/")
-        if monitor not in MONITOR_KEYS:
-            raise ValueError(f"trainer.monitor must be one of {['val/' + k for k in MONITOR_KEYS]}, got {tcfg.monitor!r}")
-        self.monitor = monitor
+        self.monitor = tcfg.monitor.removeprefix("val/")
         self.iteration = 0
         self.best_score = -math.inf
         self.writer = None
-        self.weight_history = PerClassHistory(self.classes)
-
-    # -- data statistics, asked for by losses that need them (through LossContext) --
-    def _training_pixel_counts(self) -> torch.Tensor:
-        dataset_cfg = OmegaConf.to_container(self.cfg.dataset, resolve=True)
-        if dataset_cfg.get("stats_file"):
-            return read_statistics(dataset_cfg["stats_file"], self.num_classes)
-        raw = build_dataset(dataset_cfg, dataset_cfg.get("train_split", "train"), transform=None)
-        # The counts depend on the labels only: leave out transforms, evaluation splits and caching.
-        unrelated = ("train_transform", "val_transform", "split", "val_split", "cache", "cache_dir", "size_divisor")
-        key_cfg = {k: v for k, v in dataset_cfg.items() if k not in unrelated}
-        return cached_class_pixel_counts(raw, key_cfg, dataset_cfg.get("train_split", "train"), self.cfg.paths.cache_dir, self.cfg.trainer.num_workers)
+        # Validation scores exactly as evaluate.py does (engine.evaluation_data), with cfg.inference.
+        self.validation_samples = evaluation_samples(cfg.dataset, self.val_set, cfg.evaluation.full_resolution)
+        self.inference = Inference(InferenceSettings.from_config(cfg.inference))
 
     # -- checkpoints --
     def state_dict(self, rng_per_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -253,14 +206,9 @@ class Trainer:
 
     def _resume_state(self) -> dict[str, Any] | None:
         """The checkpoint to continue from, or None for a fresh run (which must not clobber one)."""
-        resume = self.cfg.get("resume")
-        if resume in (None, "", False):
-            existing = sorted(self.checkpoint_dir.glob("*.pt")) if self.checkpoint_dir.is_dir() else []
-            if existing:
-                raise FileExistsError(
-                    f"{self.checkpoint_dir} already holds checkpoints ({', '.join(p.name for p in existing)}); "
-                    "recallseg never overwrites a run. Continue it with resume=auto, or choose another hydra.run.dir."
-                )
+        resume = self.cfg.resume
+        if resume is None:
+            refuse_existing_run(self.checkpoint_dir)
             return None
         path = self._newest_checkpoint() if resume == "auto" else Path(resume)
         if path is None:
@@ -268,7 +216,11 @@ class Trainer:
             return None
         # On the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device.
         state = load_checkpoint(path, map_location="cpu")
+        new = OmegaConf.to_container(self.cfg, resolve=True)
+        changes = check_resumable(path, state.get("config", {}), new, state.get("classes", self.classes), self.classes)
         self.load_state_dict(state)
+        changed = {key.split(".", 1)[1] for key in changes if key.startswith("optimizer.")}
+        apply_optimizer_options(self.optimizer, self.scheduler, {k: v for k, v in new["optimizer"].items() if k in changed})
         log.info("resumed from %s at iteration %d", path, self.iteration)
         return state
 
@@ -284,25 +236,28 @@ class Trainer:
         save_checkpoint(self.state_dict(rng_per_rank), path)
         return path
 
-    # -- validation --
+    # -- validation: the evaluate.py protocol (engine.evaluation) --
     def validate(self) -> dict:
-        tcfg = self.cfg.trainer
-        loader = eval_loader(
-            self.val_set, tcfg.get("val_batch_size") or tcfg.batch_size, tcfg.num_workers, self.runtime.rank, self.runtime.world_size,
-            pin_memory=self.runtime.device.type == "cuda",
-        )
-        matrix = evaluate(self.module, loader, self.normalizer, self.runtime, self.num_classes, self.ignore_index)
+        cfg = self.cfg
+        loader = evaluation_loader(
+            self.validation_samples, cfg.evaluation.batch_size or cfg.trainer.batch_size, cfg.evaluation.num_workers,
+            self.runtime.rank, self.runtime.world_size, pin_memory=self.runtime.device.type == "cuda",
+        )  # fmt: skip
+        matrix = evaluate(self.module, loader, self.normalizer, self.runtime, self.num_classes, self.ignore_index, predict=self.inference)
         return metrics_from_confusion(matrix.compute(), self.classes)
 
     # -- the loop --
     def fit(self) -> dict:
         cfg, tcfg, runtime = self.cfg, self.cfg.trainer, self.runtime
         resumed = self._resume_state()
+        bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True, disable=not runtime.is_main)
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.iteration or None)
+            self.logger = TrainingLogger(self.writer, self.classes, tcfg.max_iters, bar)
             log.info("run directory: %s", self.output_dir)
+            log.info("parts: %s", describe_parts(cfg))
             log.info(
                 "device %s, precision %s, channels_last %s, %d training / %d validation images, %d classes",
                 runtime.device, runtime.amp_dtype or "float32", runtime.channels_last, len(self.train_set), len(self.val_set), self.num_classes,
@@ -319,25 +274,17 @@ class Trainer:
             if not own:  # rank 0's state on every rank would give all ranks the same dropout masks
                 torch.manual_seed(cfg.seed + 7919 * runtime.rank + self.iteration)
         self._train_mode()
-        stop_at = tcfg.max_iters
-        if tcfg.get("stop_after"):
-            stop_at = min(stop_at, self.iteration + int(tcfg.stop_after))
-        self._reset_window()
+        stop_at = tcfg.max_iters if tcfg.stop_after is None else min(tcfg.max_iters, self.iteration + tcfg.stop_after)
+        self.window = TrainingWindow(runtime.device, self.nonfinite)
+        self.window.reset(self.iteration)
         metrics = None
-        bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True, disable=not runtime.is_main)
         self._bar = bar
-        with StopSignal() as stop:  # also covers the final save, so a second SIGTERM cannot cut it short
+        with StopSignal() as stop, logging_redirect_tqdm([log]):  # also covers the final save
             while self.iteration < stop_at:
                 images, masks = next(batches)
                 loss = self.step(images, masks)
-                self._window_loss += torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-                bad = ~torch.isfinite(loss.detach())
-                if self._found_inf is not None:  # nonfinite=skip: steps the GradScaler skipped for inf gradients
-                    bad = bad | (self._found_inf > 0)
-                self._window_bad += bad
-                self._first_bad = torch.where(bad & (self._first_bad < 0), self.iteration + 1, self._first_bad)
-                self._window_steps += 1
                 self.iteration += 1
+                self.window.add(loss, self.iteration, self._found_inf)
                 bar.update(1)
                 if self.iteration % tcfg.log_interval == 0 or self.iteration == stop_at:
                     self._end_log_window()
@@ -347,7 +294,7 @@ class Trainer:
                     break
             bar.close()
             if self.iteration < tcfg.max_iters:  # stopped early (signal or trainer.stop_after): keep the place
-                if self._window_steps:
+                if self.window.steps:
                     self._end_log_window()
                 rng_per_rank = rng_states_of_all_ranks(runtime.distributed, runtime.world_size)
                 if runtime.is_main:
@@ -369,7 +316,7 @@ class Trainer:
 
     def _train_mode(self) -> None:
         self.model.train()
-        if self.cfg.trainer.get("freeze_batchnorm", False):
+        if self.cfg.trainer.freeze_batchnorm:
             freeze_batchnorm(self.model)
 
     def _should_stop(self, stop: StopSignal, stop_at: int) -> bool:
@@ -385,32 +332,10 @@ class Trainer:
             stop.received = signal.SIGTERM
         return bool(flag.item())
 
-    def _reset_window(self) -> None:
-        device = self.runtime.device
-        self._window_loss = torch.zeros((), device=device)
-        self._window_bad = torch.zeros((), dtype=torch.int64, device=device)
-        self._first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self._window_steps = 0
-        self._window_start = (time.perf_counter(), self.iteration)
-
     def _end_log_window(self) -> None:
-        """Read the window's statistics (the only host sync of the loop), apply the non-finite policy, log."""
-        steps = self._window_steps
-        bad, first_bad = int(self._window_bad), int(self._first_bad)
-        good = steps - bad
-        mean_loss = float(self._window_loss) / good if good else float("nan")
-        elapsed, start_iteration = time.perf_counter() - self._window_start[0], self._window_start[1]
-        speed = (self.iteration - start_iteration) / max(elapsed, 1e-9)
-        self._reset_window()
-        if bad:
-            where = f"{bad} of iterations {start_iteration + 1}..{self.iteration} (first: {first_bad})"
-            if self.nonfinite == "stop":
-                raise FloatingPointError(
-                    f"non-finite training loss at {where}. Lower optimizer.lr, set trainer.grad_clip, check the data, "
-                    "or set trainer.nonfinite=skip to skip such steps."
-                )
-            log.warning("skipped %s: non-finite loss or gradients, no update applied", where)
-        self._log_train(mean_loss, speed, skipped=bad)
+        mean_loss, speed, skipped = self.window.close(self.iteration)
+        if self.runtime.is_main:
+            self.logger.log(self.iteration, mean_loss, speed, skipped, self.optimizer, self.criterion.extra_logs())
 
     def step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the loss as a device tensor (no host sync)."""
@@ -440,25 +365,6 @@ class Trainer:
             self.scaler.update(1.0)  # scale 1 for good: backing off after each skip would drift to 0
         return loss
 
-    def _log_train(self, mean_loss: float, speed: float, skipped: int = 0) -> None:
-        if not self.runtime.is_main:
-            return
-        step = self.iteration
-        if math.isfinite(mean_loss):
-            self.writer.add_scalar("train/loss", mean_loss, step)
-        self.writer.add_scalar("train/skipped_steps", skipped, step)
-        self.writer.add_scalar("train/lr", current_lr(self.optimizer), step)
-        self.writer.add_scalar("train/iterations_per_second", speed, step)
-        for name, values in self.criterion.extra_logs().items():
-            values = values.float().cpu()
-            for class_name, value in zip(self.classes, values.tolist()):
-                self.writer.add_scalar(f"train/{name}/{class_name}", value, step)
-            if name == "recall_weight" or name.endswith("/recall_weight"):
-                self.weight_history.append(values)
-                self.writer.add_image(f"train/{name}_heatmap", self.weight_history.image(), step, dataformats="HWC")
-        log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f it/s", step, self.cfg.trainer.max_iters, mean_loss, current_lr(self.optimizer), speed)
-        self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{current_lr(self.optimizer):.2e}")
-
     def _validate_and_checkpoint(self) -> dict:
         metrics = self.validate()
         self._train_mode()
@@ -478,6 +384,16 @@ class Trainer:
                 self._save("best.pt", rng_per_rank)
                 log.info("new best %s %.4f: saved best.pt", self.monitor, score)
         return metrics
+
+
+def refuse_existing_run(checkpoint_dir: Path) -> None:
+    """A fresh run never overwrites one: refuse a run directory that already holds checkpoints."""
+    existing = sorted(checkpoint_dir.glob("*.pt")) if checkpoint_dir.is_dir() else []
+    if existing:
+        raise RunRefused(
+            f"{checkpoint_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): recallseg never overwrites "
+            "a run; continue it with resume=auto, or choose another hydra.run.dir"
+        )
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .class_weights import class_weights_from_counts
-from .registry import LossContext, register_loss
+from .registry import LossContext
 from .weighted_cross_entropy import WeightedCrossEntropyLoss
 
 
-@register_loss("class_balanced")
 class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
     """Cross entropy weighted by the inverse effective number of samples of each class.
 

@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import LossContext, SegmentationLoss, build_loss, register_loss
+from .registry import LossContext, SegmentationLoss, build_loss
 
 
-@register_loss("combined")
 class CombinedLoss(SegmentationLoss):
     """``sum_i weight_i * loss_i(logits, target)`` over terms that are losses of the registry.
 
@@ -74,8 +73,9 @@ class CombinedLoss(SegmentationLoss):
                 raise ValueError(f"loss.terms[{i}] must be a mapping with a 'name' (and optionally 'weight'), got {term_cfg!r}")
             term_cfg = dict(term_cfg)
             weights.append(float(term_cfg.pop("weight", 1.0)))
-            names.append(str(term_cfg["name"]))
-            terms.append(build_loss(term_cfg, context))
+            name = str(term_cfg.pop("name"))
+            names.append(name)
+            terms.append(build_loss(name, context, where=f"loss.terms[{i}]", **term_cfg))
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, terms=terms, weights=weights, names=names)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
-from .registry import SegmentationLoss, register_loss
+from .registry import SegmentationLoss
 
 
-@register_loss("ce")
 class CrossEntropyLoss(SegmentationLoss):
     """Plain pixel-wise cross entropy.
 

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from .functional import masked_mean, safe_target, valid_mask
-from .registry import SegmentationLoss, register_loss
+from .registry import SegmentationLoss
 
 
-@register_loss("focal")
 class FocalLoss(SegmentationLoss):
     """Cross entropy scaled per pixel by ``(1 - p_t) ** gamma``, so easy pixels weigh less.
 

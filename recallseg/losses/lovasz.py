@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import safe_target, valid_mask
-from .registry import SegmentationLoss, register_loss
+from .registry import SegmentationLoss
 
 # Why not segmentation_models_pytorch.losses.LovaszLoss: it drops ignored pixels with
 # boolean-mask indexing (`probas[labels != ignore]`), skips absent classes with a Python
@@ -56,7 +56,6 @@ def lovasz_softmax(
     return (per_group * has_pixels).sum() / has_pixels.sum().clamp_min(1.0)
 
 
-@register_loss("lovasz")
 class LovaszLoss(SegmentationLoss):
     """Lovász-softmax: the Lovász extension of each class's Jaccard loss, applied to softmax errors.
 

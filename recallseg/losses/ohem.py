@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from .functional import valid_mask
-from .registry import SegmentationLoss, register_loss
+from .registry import SegmentationLoss
 
 
-@register_loss("ohem")
 class OhemCrossEntropyLoss(SegmentationLoss):
     """Cross entropy averaged over the hard pixels of the batch only.
 

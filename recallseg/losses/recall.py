@@ -9,10 +9,9 @@ import torch.nn.functional as F
 
 from .functional import class_sums, class_totals_and_flagged, target_is_top1_from_log_probs
 from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
-from .registry import SegmentationLoss, register_loss
+from .registry import SegmentationLoss
 
 
-@register_loss("recall")
 class RecallLoss(SegmentationLoss):
     """Cross entropy weighted per class by the class's current miss rate, ``w_c = 1 - recall_c``.
 

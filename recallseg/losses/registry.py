@@ -1,31 +1,41 @@
-"""The loss registry: a name in ``configs/loss/<name>.yaml`` maps to a class registered here.
+"""The loss registry: every loss has a name, a class and default options.
 
-Adding a loss takes one Python module that decorates its class with ``@register_loss("name")``
-and one YAML file with ``name: <name>`` plus the constructor's keyword arguments. The trainer
-only ever calls ``build_loss(cfg.loss, context)``. A loss that needs more than the number of
-classes and the ignore index (class statistics of the training split, say) overrides
-``from_config`` and asks the ``LossContext`` for it, so the trainer never special-cases a loss.
+recallseg's own losses are the YAML files of ``configs/loss/``: ``configs/loss/recall.yaml``
+holds ``_target_: recallseg.losses.recall.RecallLoss`` and the defaults, and ``loss=recall``
+picks it. Adding one takes a Python module with the class and that YAML file; nothing else.
 
-Users register their own losses from Python before training::
+From Python, in your own training loop::
 
-    from recallseg.losses import register_loss, SegmentationLoss
+    from recallseg.losses import LossContext, available_losses, build_loss
+    available_losses()                                   # ['ce', 'class_balanced', ..., 'recall', ...]
+    criterion = build_loss("recall", LossContext(num_classes=19), soft=True)
 
-    @register_loss("my_loss")
-    class MyLoss(SegmentationLoss): ...
+Register a loss of your own package with ``@register_loss("my_loss")`` (it can then be built
+by name and, from a program that imports it, picked with ``loss=my_loss``), or write one YAML
+with its ``_target_`` in a config folder of yours (``hydra.searchpath=[file:///path/to/configs]``,
+with the file at ``loss/my_loss.yaml``).
 
-and list the module in ``imports: [my_package.my_losses]`` to use it from the command line.
+A loss class takes ``num_classes`` and ``ignore_index`` plus its options. One that needs more
+(the training split's class statistics, say) overrides ``from_config(options, context)`` and
+asks the ``LossContext``; the trainer never special-cases a loss.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-LOSSES: dict[str, type["SegmentationLoss"]] = {}
+from ..config_files import config_dir, group_options
+from ..construct import check_options, check_trusted_object, check_untrusted_text, locate, plain
+from ..errors import ConfigError, UserError, nearest
+
+# Losses registered from Python: name -> their config section ({_target_: ..., **defaults}).
+LOSSES: dict[str, dict[str, Any]] = {}
 
 
 @dataclass
@@ -36,11 +46,13 @@ class LossContext:
     ignore_index: int = 255
     # Returns per-class pixel counts of the *training* split (computed once and cached).
     class_pixel_counts: Callable[[], torch.Tensor] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class SegmentationLoss(nn.Module):
     """Base class of recallseg losses: ``loss(logits[N,C,H,W], target[N,H,W]) -> scalar``."""
+
+    # Options ``from_config`` takes beyond the constructor's keyword arguments.
+    config_options: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
         super().__init__()
@@ -53,35 +65,81 @@ class SegmentationLoss(nn.Module):
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, **dict(options))
 
     def extra_logs(self) -> dict[str, torch.Tensor]:
-        """Detached tensors the trainer logs at log intervals (e.g. per-class weights). Never synced per step."""
+        """Detached per-class tensors [C] the trainer logs at log intervals (e.g. weights). Never synced per step."""
         return {}
 
 
-def register_loss(name: str) -> Callable[[type[SegmentationLoss]], type[SegmentationLoss]]:
-    """Class decorator that makes a loss available as ``loss=<name>``."""
+def register_loss(name: str, **defaults: Any) -> Callable[[type[SegmentationLoss]], type[SegmentationLoss]]:
+    """Class decorator: makes a loss available by ``name`` (``build_loss(name, ...)`` and ``loss=<name>``)."""
 
     def decorator(cls: type[SegmentationLoss]) -> type[SegmentationLoss]:
-        if name in LOSSES and LOSSES[name] is not cls:
-            raise ValueError(f"a loss named {name!r} is already registered ({LOSSES[name].__module__}.{LOSSES[name].__name__})")
-        LOSSES[name] = cls
+        target = f"{cls.__module__}.{cls.__qualname__}"
+        taken = LOSSES.get(name, {}).get("_target_") or (f"configs/loss/{name}.yaml" if name in group_options("loss") else None)
+        if taken and taken != target:
+            raise ValueError(f"a loss named {name!r} already exists ({taken}); choose another name")
+        LOSSES[name] = {"_target_": target, **defaults}
+        from hydra.core.config_store import ConfigStore
+
+        ConfigStore.instance().store(group="loss", name=name, node=LOSSES[name])
         return cls
 
     return decorator
 
 
-def build_loss(cfg: Mapping[str, Any], context: LossContext) -> SegmentationLoss:
-    """Build the loss described by ``cfg`` (``{"name": ..., **options}``)."""
-    options = dict(cfg)
-    name = options.pop("name", None)
-    if name not in LOSSES:
-        raise KeyError(
-            f"unknown loss {name!r}; registered losses: {sorted(LOSSES)}. "
-            "Register your own with recallseg.losses.register_loss and list its module in `imports`."
-        )
-    cls = LOSSES[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    unknown = [k for k in options if k not in accepted and not takes_kwargs]
-    if unknown and cls.from_config.__func__ is SegmentationLoss.from_config.__func__:
-        raise TypeError(f"loss {name!r} does not take option(s) {unknown}; it takes {[k for k in accepted if k != 'self']}")
-    return cls.from_config(options, context)
+def available_losses() -> list[str]:
+    """Every loss name: recallseg's YAML files and the losses registered from Python."""
+    return sorted(set(group_options("loss")) | set(LOSSES))
+
+
+def loss_config(name: str) -> dict[str, Any]:
+    """The config section of a named loss (its ``_target_`` and default options)."""
+    if name in LOSSES:
+        return dict(LOSSES[name])
+    if name not in group_options("loss"):
+        hint = nearest(name, available_losses())
+        raise ConfigError("loss", f"no loss named {name!r}", f"did you mean {hint!r}?" if hint else f"available: {', '.join(available_losses())}")
+    root = OmegaConf.load(config_dir() / "train.yaml")
+    top = {k: v for k, v in root.items() if k not in ("defaults", "hydra", "output_dir")}
+    section = OmegaConf.merge(top, {"loss": OmegaConf.load(config_dir() / "loss" / f"{name}.yaml")})
+    return OmegaConf.to_container(section, resolve=True)["loss"]
+
+
+def loss_class(section: Mapping[str, Any], where: str = "loss", trusted: bool = True) -> type[SegmentationLoss]:
+    """The class a loss section names (refusing, when untrusted, anything but recallseg's own losses)."""
+    if not isinstance(section, Mapping) or "_target_" not in section:
+        raise ConfigError(where, f"must be a section with a _target_ naming a loss class, got {section!r}", "pick one with loss=<name>")
+    if not trusted:
+        check_untrusted_text(section, where)
+    cls = locate(section["_target_"], f"{where}._target_")
+    if not trusted:
+        check_trusted_object(cls, section["_target_"], f"{where}._target_", SegmentationLoss)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"{where}._target_", f"{section['_target_']} is not a loss (an nn.Module class)", "name a SegmentationLoss subclass")
+    return cls
+
+
+def check_loss_options(section: Mapping[str, Any], where: str = "loss") -> None:
+    """Refuse options the loss does not take, before anything is computed."""
+    cls = loss_class(section, where)
+    options = {k: v for k, v in section.items() if k != "_target_"}
+    if issubclass(cls, SegmentationLoss) and cls.from_config.__func__ is not SegmentationLoss.from_config.__func__ and not cls.config_options:
+        return  # a custom from_config that does its own checking
+    extra = getattr(cls, "config_options", ())
+    check_options(cls, {k: v for k, v in options.items() if k not in extra}, where, section["_target_"], {"num_classes", "ignore_index"})
+
+
+def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str = "loss", **options: Any) -> SegmentationLoss:
+    """Build a loss from a name (``"recall"``) or a config section, with ``options`` on top of its defaults."""
+    section = loss_config(spec) if isinstance(spec, str) else dict(plain(spec))
+    section.update(options)
+    check_loss_options(section, where)
+    cls = loss_class(section, where)
+    rest = {k: v for k, v in section.items() if k != "_target_"}
+    try:
+        if issubclass(cls, SegmentationLoss):
+            return cls.from_config(rest, context)
+        return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, **rest)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(where, f"{section['_target_']}: {error}", "fix the loss options") from None

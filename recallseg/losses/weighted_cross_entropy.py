@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .class_weights import class_weights_from_counts
 from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
-from .registry import LossContext, SegmentationLoss, register_loss
+from .registry import LossContext, SegmentationLoss
 
 
 def read_weights_file(path: str | Path) -> list[float]:
@@ -31,7 +31,6 @@ def read_weights_file(path: str | Path) -> list[float]:
         raise ValueError(f"class weights file {path} must hold a list of numbers: {error}") from None
 
 
-@register_loss("weighted_ce")
 class WeightedCrossEntropyLoss(SegmentationLoss):
     """Pixel-wise cross entropy with fixed class weights.
 

@@ -1,0 +1,108 @@
+"""Building a training run's parts from the validated config (one place, one mechanism).
+
+Every part is named by its section's ``_target_`` and built through ``recallseg.construct``:
+datasets (``data.builder``), the model (``models.builder``), the loss (``losses.registry``),
+the optimizer and the schedule (``engine.optim``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.base import SegmentationDataset
+from ..data.builder import build_dataset
+from ..data.statistics import cached_class_pixel_counts, read_statistics
+from ..errors import ConfigError
+from ..losses import LossContext, SegmentationLoss, build_loss
+from ..models import build_model
+from .cuda_graph import check_graph_support
+from .optim import build_optimizer, build_scheduler
+from .runtime import Normalizer, Runtime
+
+log = logging.getLogger("recallseg")
+
+
+@dataclass
+class TrainingParts:
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset  # untransformed: validation applies dataset.val_transform itself
+    model: torch.nn.Module  # what the loop calls (DDP-wrapped with several processes)
+    module: torch.nn.Module  # the bare network (for checkpoints)
+    criterion: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    normalizer: Normalizer
+
+
+def training_class_pixel_counts(cfg: DictConfig, num_classes: int):
+    """A function giving the training split's per-class pixel counts (computed once, cached); losses call it if they need it."""
+
+    def counts() -> torch.Tensor:
+        dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+        if dataset_cfg["stats_file"]:
+            return read_statistics(dataset_cfg["stats_file"], num_classes)
+        raw = build_dataset(dataset_cfg, dataset_cfg["train_split"], transform=None)
+        # The counts depend on the labels only: leave out transforms, evaluation splits and caching.
+        unrelated = ("train_transform", "val_transform", "split", "val_split", "cache", "cache_dir", "size_divisor")
+        key_cfg = {k: v for k, v in dataset_cfg.items() if k not in unrelated}
+        return cached_class_pixel_counts(raw, key_cfg, dataset_cfg["train_split"], cfg.paths.cache_dir, cfg.trainer.num_workers)
+
+    return counts
+
+
+def check_class_names(classes: list[str], other: list[str], where: str) -> None:
+    if list(classes) != list(other):
+        raise ConfigError(
+            "dataset", f"the training split has classes {classes} but {where} has {other}",
+            "give both splits the same classes",
+        )
+
+
+def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
+    """Datasets, model, loss, optimizer, schedule, GradScaler and input normalisation for ``cfg``."""
+    tcfg, device = cfg.trainer, runtime.device
+    train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, train=True)
+    val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, train=False, transform=None)
+    check_class_names(list(train_set.classes), list(val_set.classes), f"the {cfg.dataset.val_split} split")
+    classes = list(train_set.classes)
+
+    module = build_model(cfg.model, len(classes)).to(device)
+    if runtime.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if tcfg.sync_batchnorm and device.type != "cuda":
+        raise ConfigError("trainer.sync_batchnorm", "needs CUDA (PyTorch's SyncBatchNorm)", "on CPU use trainer.freeze_batchnorm=true")
+    if runtime.distributed and tcfg.sync_batchnorm:
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    model = module
+    if runtime.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        # The common seed gave every rank the same initial weights (DDP broadcasts rank 0's
+        # anyway); from here on each rank draws its own dropout masks.
+        torch.manual_seed(cfg.seed + 7919 * runtime.rank)
+
+    context = LossContext(len(classes), train_set.ignore_index, class_pixel_counts=training_class_pixel_counts(cfg, len(classes)))
+    criterion = build_loss(cfg.loss, context).to(device)
+    if tcfg.cuda_graph:
+        check_graph_support(runtime, tcfg.nonfinite, cfg.optimizer._target_)
+    optimizer = build_optimizer(cfg.optimizer, module.parameters(), device, capturable=tcfg.cuda_graph)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, tcfg.max_iters)
+    # The GradScaler skips steps whose gradients are not finite, without a host sync when the
+    # optimizer is fused. fp16 needs it for scaling; trainer.nonfinite=skip uses it at scale 1.
+    scaling = runtime.uses_grad_scaler
+    scaler = torch.amp.GradScaler(
+        device.type, init_scale=2.0**16 if scaling else 1.0, growth_interval=2000 if scaling else 2**31 - 1,
+        enabled=scaling or tcfg.nonfinite == "skip",
+    )  # fmt: skip
+    normalizer = Normalizer(cfg.model.mean, cfg.model.std, runtime)
+    return TrainingParts(train_set, val_set, model, module, criterion, optimizer, scheduler, scaler, normalizer)
+
+
+def describe_parts(cfg: DictConfig) -> dict[str, Any]:
+    """The ``_target_`` of each part, for the run's log."""
+    return {name: cfg[name]["_target_"] for name in ("dataset", "model", "loss", "optimizer", "scheduler")}

@@ -1,0 +1,28 @@
+"""The one error type for mistakes a user can fix.
+
+Every command prints a ``UserError`` as one line, ``error: <what>: <why>; <what to do>``, and
+exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class UserError(Exception):
+    """A problem in the user's input (config, file, checkpoint, data); the message says what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key with a bad value: ``ConfigError("trainer.batch_size", "must be positive, got 0", "set ...")``."""
+
+    def __init__(self, key: str, problem: str, fix: str = ""):
+        self.key, self.problem, self.fix = key, problem, fix
+        super().__init__(f"{key}: {problem}" + (f"; {fix}" if fix else ""))
+
+
+def nearest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate most like ``name`` (for "did you mean" hints), or None."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return matches[0] if matches else None

@@ -1,0 +1,54 @@
+"""Build the network a ``model`` config section names.
+
+The section's ``_target_`` is any segmentation-models-pytorch architecture or factory
+(``segmentation_models_pytorch.create_model`` with ``arch: DeepLabV3Plus``, the default) or a
+model of your own; the other keys are its options, and recallseg adds ``classes``. The keys
+``mean``, ``std`` and ``channel_order`` describe the input the network expects (applied on the
+device by ``engine.runtime.Normalizer``) and are not passed on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from ..construct import build, plain
+from ..errors import UserError
+
+INPUT_KEYS = ("mean", "std", "channel_order")
+
+
+def network_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The section without its input-description keys."""
+    return {key: value for key, value in plain(cfg).items() if key not in INPUT_KEYS}
+
+
+def without_downloads(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options with every weight download turned off (``*_weights`` and ``pretrained`` keys): for
+    rebuilding a checkpoint's model, whose weights come from the checkpoint itself."""
+    return {key: (None if key.endswith("weights") else False if key == "pretrained" else value) for key, value in options.items()}
+
+
+def build_model(
+    cfg: Mapping[str, Any], num_classes: int, *, trusted: bool = True, named_by_user: frozenset[str] = frozenset(), offline: bool = False
+) -> nn.Module:
+    """The network of ``cfg`` for ``num_classes`` classes; ``offline`` never downloads weights."""
+    options = network_options(cfg)
+    if offline:
+        options = without_downloads(options)
+    try:
+        return build(options, "model", kind=nn.Module, trusted=trusted, named_by_user=named_by_user, classes=num_classes)
+    except UserError:
+        raise
+    except Exception as error:  # network and hub errors come in many types; all mean the same to the user
+        weights = options.get("encoder_weights")
+        if not weights:
+            raise
+        encoder = options.get("encoder_name")
+        raise UserError(
+            f"model.encoder_weights: could not load {weights!r} weights for encoder {encoder!r} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); this machine probably cannot reach the Hugging Face hub: "
+            "pre-download them where there is network access (see README, 'Pretrained encoders') and copy the Hugging Face "
+            "cache (~/.cache/huggingface or $HF_HOME) here with HF_HUB_OFFLINE=1, or train from scratch with model.encoder_weights=null"
+        ) from None
