@@ -9,28 +9,28 @@ import torch
 
 from recallseg.data.loading import TrainingStream
 from recallseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from recallseg.engine.optim import build_optimizer, build_scheduler, lr_factor
+from recallseg.engine.optim import ConstantSchedule, PolySchedule, build_optimizer, build_scheduler
 from recallseg.engine.runtime import Normalizer, Runtime, resolve_amp
 from recallseg.losses import class_weights_from_counts
 from recallseg.models import build_model
 
 
 def test_poly_schedule_with_warmup_matches_formula():
-    assert lr_factor(0, 100, "poly", power=0.9) == 1.0
-    assert lr_factor(50, 100, "poly", power=0.9) == pytest.approx(0.5**0.9)
-    assert lr_factor(100, 100, "poly") == 0.0
+    assert PolySchedule(power=0.9).factor(0, 100) == 1.0
+    assert PolySchedule(power=0.9).factor(50, 100) == pytest.approx(0.5**0.9)
+    assert PolySchedule().factor(100, 100) == 0.0
     # warmup multiplies: linear from warmup_ratio at 0 to 1 at warmup_iters
-    assert lr_factor(0, 100, "poly", warmup_iters=10, warmup_ratio=0.1) == pytest.approx(0.1)
-    assert lr_factor(5, 100, "constant", warmup_iters=10, warmup_ratio=0.1) == pytest.approx(0.55)
-    assert lr_factor(10, 100, "constant", warmup_iters=10) == 1.0
-    with pytest.raises(ValueError, match="poly or constant"):
-        lr_factor(0, 10, "cosine")
+    assert PolySchedule(warmup_iters=10, warmup_ratio=0.1).factor(0, 100) == pytest.approx(0.1)
+    assert ConstantSchedule(warmup_iters=10, warmup_ratio=0.1).factor(5, 100) == pytest.approx(0.55)
+    assert ConstantSchedule(warmup_iters=10).factor(10, 100) == 1.0
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        PolySchedule(warmup_ratio=2.0)
 
 
 def test_scheduler_steps_per_iteration():
     params = [torch.nn.Parameter(torch.zeros(1))]
     opt = build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True}, params, torch.device("cpu"))
-    sched = build_scheduler({"name": "poly", "power": 1.0}, opt, max_iters=4)
+    sched = build_scheduler({"_target_": "recallseg.engine.optim.PolySchedule", "power": 1.0}, opt, max_iters=4)
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
@@ -145,7 +145,10 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
 
 
 def test_default_model_is_deeplabv3plus_resnet18_at_stride_16():
-    cfg = {"arch": "DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": None, "encoder_output_stride": 16, "mean": [0] * 3, "std": [1] * 3}
+    cfg = {
+        "_target_": "segmentation_models_pytorch.create_model", "arch": "DeepLabV3Plus", "encoder_name": "resnet18",
+        "encoder_weights": None, "encoder_output_stride": 16, "mean": [0] * 3, "std": [1] * 3,
+    }  # fmt: skip
     model = build_model(cfg, num_classes=5).eval()
     assert type(model).__name__ == "DeepLabV3Plus"
     with torch.no_grad():
@@ -165,10 +168,12 @@ def test_unreachable_encoder_weights_give_a_message_that_says_what_to_do(tmp_pat
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    with pytest.raises(RuntimeError) as info:
-        build_model({"arch": "DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": "imagenet"}, 3)
+    from recallseg.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        build_model({"_target_": "segmentation_models_pytorch.create_model", "arch": "DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": "imagenet"}, 3)
     message = str(info.value)
-    assert "model.encoder_weights=null" in message and "pre-download" in message and "resnet18" in message
+    assert "model.encoder_weights=null" in message and "pre-download" in message and "resnet18" in message and "\n" not in message
 
 
 def test_cuda_graph_option_refuses_what_cannot_be_captured():
@@ -189,7 +194,7 @@ def test_capturable_optimizer_keeps_lr_in_a_tensor_the_scheduler_fills():
     opt = build_optimizer({"_target_": "torch.optim.AdamW", "lr": 0.1}, params, torch.device("cpu"), capturable=True)
     lr = opt.param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor)
-    sched = build_scheduler({"name": "poly", "power": 1.0}, opt, max_iters=4)
+    sched = build_scheduler({"_target_": "recallseg.engine.optim.PolySchedule", "power": 1.0}, opt, max_iters=4)
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] is lr  # filled in place, so a captured graph sees the new value

@@ -1,6 +1,6 @@
 """Losses: one module per loss, all reachable through the registry (``build_loss``)."""
 
-from .registry import LOSSES, LossContext, SegmentationLoss, build_loss, register_loss
+from .registry import LOSSES, LossContext, SegmentationLoss, available_losses, build_loss, loss_config, register_loss
 from .class_weights import class_weights_from_counts
 from .cross_entropy import CrossEntropyLoss
 from .weighted_cross_entropy import WeightedCrossEntropyLoss
@@ -10,7 +10,9 @@ __all__ = [
     "LOSSES",
     "LossContext",
     "SegmentationLoss",
+    "available_losses",
     "build_loss",
+    "loss_config",
     "register_loss",
     "class_weights_from_counts",
     "CrossEntropyLoss",

@@ -36,6 +36,8 @@ from ..errors import ConfigError, UserError, nearest
 
 # Losses registered from Python: name -> their config section ({_target_: ..., **defaults}).
 LOSSES: dict[str, dict[str, Any]] = {}
+# Their classes by target (a class defined inside a function cannot be imported by name).
+_CLASSES: dict[str, type] = {}
 
 
 @dataclass
@@ -78,6 +80,7 @@ def register_loss(name: str, **defaults: Any) -> Callable[[type[SegmentationLoss
         if taken and taken != target:
             raise ValueError(f"a loss named {name!r} already exists ({taken}); choose another name")
         LOSSES[name] = {"_target_": target, **defaults}
+        _CLASSES[target] = cls
         from hydra.core.config_store import ConfigStore
 
         ConfigStore.instance().store(group="loss", name=name, node=LOSSES[name])
@@ -99,7 +102,7 @@ def loss_config(name: str) -> dict[str, Any]:
         hint = nearest(name, available_losses())
         raise ConfigError("loss", f"no loss named {name!r}", f"did you mean {hint!r}?" if hint else f"available: {', '.join(available_losses())}")
     root = OmegaConf.load(config_dir() / "train.yaml")
-    top = {k: v for k, v in root.items() if k not in ("defaults", "hydra", "output_dir")}
+    top = {k: v for k, v in OmegaConf.to_container(root, resolve=False).items() if k not in ("defaults", "hydra", "output_dir")}
     section = OmegaConf.merge(top, {"loss": OmegaConf.load(config_dir() / "loss" / f"{name}.yaml")})
     return OmegaConf.to_container(section, resolve=True)["loss"]
 
@@ -110,7 +113,8 @@ def loss_class(section: Mapping[str, Any], where: str = "loss", trusted: bool = 
         raise ConfigError(where, f"must be a section with a _target_ naming a loss class, got {section!r}", "pick one with loss=<name>")
     if not trusted:
         check_untrusted_text(section, where)
-    cls = locate(section["_target_"], f"{where}._target_")
+    cls = _CLASSES.get(section["_target_"]) if trusted else None
+    cls = cls or locate(section["_target_"], f"{where}._target_")
     if not trusted:
         check_trusted_object(cls, section["_target_"], f"{where}._target_", SegmentationLoss)
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
@@ -129,8 +133,11 @@ def check_loss_options(section: Mapping[str, Any], where: str = "loss") -> None:
 
 
 def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str = "loss", **options: Any) -> SegmentationLoss:
-    """Build a loss from a name (``"recall"``) or a config section, with ``options`` on top of its defaults."""
-    section = loss_config(spec) if isinstance(spec, str) else dict(plain(spec))
+    """Build a loss from a name (``"recall"``), a section naming one (``{"name": "recall", "soft": True}``)
+    or a config section (``{"_target_": ..., ...}``), with ``options`` on top of its defaults."""
+    section = {"name": spec} if isinstance(spec, str) else dict(plain(spec))
+    if "_target_" not in section and "name" in section:
+        section = {**loss_config(str(section.pop("name"))), **section}
     section.update(options)
     check_loss_options(section, where)
     cls = loss_class(section, where)

@@ -1,0 +1,73 @@
+"""The loss registry: names from configs/loss, losses registered from Python, losses of another package."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import TINY_OVERRIDES, run_entry_point
+from recallseg.errors import ConfigError
+from recallseg.losses import LossContext, available_losses, build_loss, register_loss
+from recallseg.losses.recall import RecallLoss
+
+
+def test_available_losses_are_the_config_files_and_build_by_name():
+    names = available_losses()
+    assert {"ce", "weighted_ce", "recall", "focal", "lovasz", "ohem", "class_balanced", "combined"} <= set(names)
+    loss = build_loss("recall", LossContext(num_classes=4), soft=True)
+    assert type(loss) is RecallLoss and loss.soft is True and loss.num_classes == 4
+
+
+def test_unknown_name_and_option_are_config_errors():
+    with pytest.raises(ConfigError, match="did you mean 'recall'"):
+        build_loss("recal", LossContext(4))
+    with pytest.raises(ConfigError, match="did you mean loss.statistics"):
+        build_loss("recall", LossContext(4), statistic="batch")
+
+
+def test_a_loss_registered_from_python_builds_by_name_and_cannot_take_a_taken_name():
+    @register_loss("half_ce_for_test")
+    class HalfCE(torch.nn.Module):
+        def __init__(self, num_classes, ignore_index=255, factor=0.5):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, logits, target):
+            return self.factor * torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+
+    assert "half_ce_for_test" in available_losses()
+    loss = build_loss("half_ce_for_test", LossContext(3), factor=0.25)
+    logits, target = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    assert torch.allclose(loss(logits, target), 0.25 * torch.nn.functional.cross_entropy(logits, target))
+    with pytest.raises(ValueError, match="already exists"):
+        register_loss("recall")(HalfCE)
+
+
+def test_a_loss_from_another_package_needs_only_a_yaml(tmp_path, cache_env):
+    """One module outside recallseg and one YAML in the user's config folder; `loss=<name>` trains with it."""
+    package = tmp_path / "my_losses"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "scaled.py").write_text(textwrap.dedent('''
+        import torch
+        from recallseg.losses import SegmentationLoss
+
+        class ScaledCE(SegmentationLoss):
+            def __init__(self, num_classes, ignore_index=255, scale=1.0):
+                super().__init__(num_classes, ignore_index)
+                self.scale = scale
+
+            def forward(self, logits, target):
+                return self.scale * torch.nn.functional.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
+    '''))
+    configs = tmp_path / "my_configs" / "loss"
+    configs.mkdir(parents=True)
+    (configs / "scaled_ce.yaml").write_text("_target_: my_losses.scaled.ScaledCE\nscale: 2.0\n")
+    run = tmp_path / "run"
+    result = run_entry_point(
+        "train.py", *TINY_OVERRIDES, "loss=scaled_ce", f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]", f"hydra.run.dir={run}",
+        env={**cache_env, "PYTHONPATH": str(tmp_path)},
+    )
+    assert "my_losses.scaled.ScaledCE" in (run / "train.log").read_text()
+    assert (run / "checkpoints" / "last.pt").is_file() and result.returncode == 0
