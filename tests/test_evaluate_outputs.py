@@ -27,10 +27,12 @@ def evaluate_in_process(out, *overrides):
 
     from recallseg.engine.checkpoint_evaluation import evaluate_checkpoint
 
-    overrides = [f"output_dir={out}", *overrides]
+    from recallseg.cli import split_eval_arguments
+
+    own, stored = split_eval_arguments([f"output_dir={out}", *overrides])
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("eval", overrides=overrides)
-    return evaluate_checkpoint(cfg, overrides)
+        cfg = compose("eval", overrides=own)
+    return evaluate_checkpoint(cfg, stored)
 
 
 @pytest.fixture(scope="module")

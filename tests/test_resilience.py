@@ -78,9 +78,8 @@ def test_sigterm_and_sigint_save_and_the_resumed_run_matches_an_uninterrupted_on
 
 NAN_LOSS = '''
 import torch
-from recallseg.losses import CrossEntropyLoss, register_loss
+from recallseg.losses import CrossEntropyLoss
 
-@register_loss("nan_at_step_3")
 class NanAtStep3(CrossEntropyLoss):
     calls = 0
     def forward(self, logits, target):
@@ -98,7 +97,7 @@ def nan_loss_module(tmp_path):
 
 def test_nonfinite_loss_stops_with_the_iteration_named(tmp_path, nan_loss_module):
     result = run_entry_point(
-        "train.py", *RUN, "trainer.max_iters=4", "trainer.val_interval=4", "trainer.log_interval=4", "imports=[nan_loss]", "loss=ce", "loss.name=nan_at_step_3",
+        "train.py", *RUN, "trainer.max_iters=4", "trainer.val_interval=4", "trainer.log_interval=4", "loss=ce", "loss._target_=nan_loss.NanAtStep3",
         f"hydra.run.dir={tmp_path / 'run'}", env=nan_loss_module, check=False,
     )
     assert result.returncode != 0
@@ -108,7 +107,7 @@ def test_nonfinite_loss_stops_with_the_iteration_named(tmp_path, nan_loss_module
 
 def test_nonfinite_steps_can_be_skipped(tmp_path, nan_loss_module):
     result = run_entry_point(
-        "train.py", *RUN, "trainer.max_iters=4", "trainer.val_interval=4", "trainer.log_interval=4", "imports=[nan_loss]", "loss=ce", "loss.name=nan_at_step_3",
+        "train.py", *RUN, "trainer.max_iters=4", "trainer.val_interval=4", "trainer.log_interval=4", "loss=ce", "loss._target_=nan_loss.NanAtStep3",
         "trainer.nonfinite=skip", f"hydra.run.dir={tmp_path / 'run'}", env=nan_loss_module,
     )
     assert "skipped 1 of iterations 1..4 (first: 3)" in result.stdout + result.stderr

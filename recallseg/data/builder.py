@@ -51,7 +51,7 @@ def build_dataset(
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     if train is None:
-        train = split == cfg["train_split"]
+        train = split == cfg.get("train_split", "train")
     options = dataset_options(cfg)
     size_divisor = cfg.get("size_divisor")
     resize = options.get("resize")
