@@ -9,10 +9,10 @@ import pytest
 
 from conftest import TINY_OVERRIDES
 from model_checkpoints import write_checkpoint
+from recallseg.data.synthetic import CLASSES
 from recallseg.engine.checkpoint_evaluation import evaluate_checkpoint
 from recallseg.errors import UserError
 
-CLASSES = ["road", "sidewalk", "building", "sky", "vegetation", "car", "pedestrian", "pole", "traffic sign"]
 
 
 @pytest.fixture
