@@ -6,6 +6,7 @@ import pytest
 
 from recallseg.data.builder import build_dataset
 from recallseg.data.transforms import RandomScaleCrop, build_transform, check_output_size, pad_to_multiple
+from recallseg.errors import ConfigError
 
 CROP = {"_target_": "recallseg.data.transforms.RandomScaleCrop", "height": 64, "width": 96, "scale": [0.75, 2.0], "fill_mask": 255}
 
@@ -90,7 +91,7 @@ def test_images_stay_uint8():
 
 def test_builder_rejects_a_dataset_resize_off_the_output_stride():
     cfg = {"_target_": "recallseg.data.SyntheticStreets", "height": 64, "width": 64, "num_train": 2, "size_divisor": 32, "resize": [380, 760]}
-    with pytest.raises(ValueError, match="dataset.resize \\[380, 760\\].*\\[384, 768\\]"):
+    with pytest.raises(ConfigError, match="^dataset.resize: \\[380, 760\\] is not divisible by 32.*\\[384, 768\\]"):
         build_dataset(cfg, "train")
 
 
