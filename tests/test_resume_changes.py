@@ -1,0 +1,66 @@
+"""Resuming compares the stored config with the new one: what cannot continue is refused in one
+line naming the keys, every other change is logged and applied (none is silently ignored)."""
+
+import logging
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONFIG_DIR, TINY_OVERRIDES
+from recallseg.engine.trainer import Trainer
+from recallseg.errors import UserError
+from recallseg.schema import validate_train_config
+
+
+def trainer(run_dir, *overrides):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY_OVERRIDES, "loss=recall", f"output_dir={run_dir}", *overrides])
+    return Trainer(OmegaConf.create(validate_train_config(cfg)))
+
+
+def resumed(run_dir, *overrides):
+    """A trainer for ``run_dir`` with ``overrides``, after it loaded the stored state (as fit() does first)."""
+    trainer_ = trainer(run_dir, "resume=auto", *overrides)
+    trainer_._resume_state()
+    return trainer_
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("resume") / "run"
+    trainer(run).fit()
+    return run
+
+
+def test_a_new_learning_rate_applies_and_is_logged(run_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="recallseg"):
+        run = resumed(run_dir, "trainer.max_iters=4", "optimizer.lr=0.05")
+    assert run.iteration == 2
+    factor = run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)
+    assert 0 < factor < 1
+    for group in run.optimizer.param_groups:
+        assert float(group["lr"]) == pytest.approx(0.05 * factor) and group["initial_lr"] == 0.05
+    assert "optimizer.lr changed from 0.001 to 0.05; the new value applies" in caplog.text
+    assert "trainer.max_iters changed from 2 to 4; the new value applies" in caplog.text
+
+
+def test_a_new_batch_size_is_logged(run_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="recallseg"):
+        run = resumed(run_dir, "trainer.batch_size=4")
+    assert run.cfg.trainer.batch_size == 4  # fit() builds the training stream from it
+    assert "trainer.batch_size changed from 2 to 4; the new value applies" in caplog.text
+
+
+@pytest.mark.parametrize("override, named", [
+    ("loss=ce", "loss._target_ recallseg.losses.recall.RecallLoss -> recallseg.losses.cross_entropy.CrossEntropyLoss"),
+    ("model.encoder_name=resnet34", "model.encoder_name resnet18 -> resnet34 (another network)"),
+    ("optimizer._target_=torch.optim.SGD", "optimizer._target_ torch.optim.AdamW -> torch.optim.SGD"),
+])  # fmt: skip
+def test_what_cannot_continue_is_refused_naming_the_key(run_dir, override, named):
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (run_dir / "checkpoints").iterdir())
+    with pytest.raises(UserError) as info:
+        resumed(run_dir, override)
+    message = str(info.value)
+    assert "cannot continue" in message and named in message and "\n" not in message
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (run_dir / "checkpoints").iterdir()) == before
