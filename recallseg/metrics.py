@@ -45,10 +45,6 @@ class ConfusionMatrix:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.matrix)
 
-    def reset(self) -> None:
-        self.matrix.zero_()
-        self._bins.zero_()
-
 
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
