@@ -101,3 +101,36 @@ def test_a_signal_during_validation_saves_and_the_resumed_run_repeats_it(tmp_pat
         assert torch.equal(split["model"][key], straight["model"][key]), key
     best_split, best_straight = (load_checkpoint(tmp_path / d / "checkpoints" / "best.pt") for d in ("split", "straight"))
     assert best_split["iteration"] == best_straight["iteration"] and best_split["best_score"] == best_straight["best_score"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_process_group_stops_both_ranks_after_the_same_step(tmp_path):
+    """Both gloo ranks (and their loader workers) get SIGTERM; they agree to stop within a step,
+    not at the next log interval (50 here), rank 0 saves while rank 1 waits, and last.pt is on
+    disk long before torchrun's 30 s grace period ends."""
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = start(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", str(REPO / "train.py"), *RUN,
+         "trainer.max_iters=200", "trainer.val_interval=1000", "trainer.log_interval=50", "trainer.num_workers=1", "loss=ce",
+         f"hydra.run.dir={run_dir}"],
+    )  # fmt: skip
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if "training /" in line:  # rank 0's "device ..., N training / M validation images" line
+            break
+    time.sleep(4)  # a few steps
+    os.killpg(proc.pid, signal.SIGTERM)
+    signalled = time.monotonic()
+    output.extend(proc.stdout)
+    code = proc.wait(timeout=120)
+    out = "".join(output)
+    assert time.monotonic() - signalled < 25, out[-4000:]
+    assert code == 1, out[-4000:]  # torchrun's own status after a signal; the ranks exit with 143
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert 1 <= state["iteration"] < 50, out[-4000:]
+    assert len(state["rng_per_rank"]) == 2
+    assert "stopped at iteration %d" % state["iteration"] in out
+    assert "killed by signal" not in out and "SIGKILL" not in out
