@@ -20,8 +20,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.loading import train_loader
 from ..metrics import format_table, metrics_from_confusion
-from ..errors import UserError
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..atomic_files import remove_orphaned_temporaries
+from ..run_directory import check_writable
+from .checkpoint import load_checkpoint, require_finite_weights, save_checkpoint
 from .cuda_graph import GraphedStep
 from .evaluation import evaluate
 from .evaluation_data import evaluation_loader, evaluation_samples
@@ -29,16 +30,13 @@ from .inference import Inference, InferenceSettings
 from .reporting import log_metrics, write_metrics_json
 from .random_state import gather_rng_states, rng_state, rng_state_for_rank, set_rng_state
 from .resume_changes import apply_optimizer_options, check_resumable
+from .resume_choice import RunRefused, newest_resumable, reconciled_best_score, refuse_existing_run  # noqa: F401 (RunRefused: re-exported)
 from .runtime import Runtime, init_runtime, seed_everything, to_target
 from .setup import build_training, describe_parts
 from .signals import Interruptible, Interrupted, StopAgreement, StopRequested, StopSignal
 from .training_log import TrainingLogger, TrainingWindow, console_loggers
 
 log = logging.getLogger("recallseg")
-
-
-class RunRefused(UserError):
-    """The run directory cannot be used as asked; nothing in it was changed."""
 
 
 class Trainer:
@@ -66,6 +64,7 @@ class Trainer:
         self.iteration = 0
         self.best_score = -math.inf
         self._saved_at = -1  # the iteration last.pt holds
+        self._start: tuple[dict[str, Any] | None] | None = None  # (the resumed checkpoint's state,) once chosen
         self.writer = None
         # Validation scores exactly as evaluate.py does (engine.evaluation_data), with cfg.inference.
         self.validation_samples = evaluation_samples(cfg.dataset, self.val_set, cfg.evaluation.full_resolution)
@@ -110,18 +109,15 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.best_score = float(state["best_score"])
 
-    def _newest_checkpoint(self) -> Path | None:
-        """The readable checkpoint with the highest iteration in the run directory."""
-        newest, newest_iteration = None, -1
-        for path in sorted(self.checkpoint_dir.glob("*.pt")) if self.checkpoint_dir.is_dir() else []:
-            try:
-                iteration = int(load_checkpoint(path)["iteration"])
-            except (CheckpointError, KeyError) as error:
-                log.warning("resume=auto: skipping %s (%s)", path, error)
-                continue
-            if iteration > newest_iteration:
-                newest, newest_iteration = path, iteration
-        return newest
+    def choose_start(self) -> dict[str, Any] | None:
+        """Choose what the run continues from (refusing, with nothing changed, what it cannot use),
+        restore it, and check the run directory can be written. Called before anything is written."""
+        if self._start is None:
+            self._start = (self._resume_state(),)
+            if self.runtime.is_main:
+                check_writable(self.checkpoint_dir)
+                remove_orphaned_temporaries(self.output_dir, self.checkpoint_dir)
+        return self._start[0]
 
     def _resume_state(self) -> dict[str, Any] | None:
         """The checkpoint to continue from, or None for a fresh run (which must not clobber one)."""
@@ -129,15 +125,19 @@ class Trainer:
         if resume is None:
             refuse_existing_run(self.checkpoint_dir)
             return None
-        path = self._newest_checkpoint() if resume == "auto" else Path(resume)
-        if path is None:
-            log.info("resume=auto: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
-            return None
-        # On the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device.
-        state = load_checkpoint(path, map_location="cpu")
+        if resume == "auto":
+            found = newest_resumable(self.checkpoint_dir)
+            if found is None:
+                log.info("resume=auto: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
+                return None
+            path, state = found
+        else:  # on the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device
+            path, state = Path(resume), load_checkpoint(resume, map_location="cpu")
+        require_finite_weights(state, path)
         new = OmegaConf.to_container(self.cfg, resolve=True)
         changes = check_resumable(path, state.get("config", {}), new, state.get("classes", self.classes), self.classes)
         self.load_state_dict(state)
+        self.best_score = reconciled_best_score(self.checkpoint_dir, state, path)
         changed = {key.split(".", 1)[1] for key in changes if key.startswith("optimizer.")}
         apply_optimizer_options(self.optimizer, self.scheduler, {k: v for k, v in new["optimizer"].items() if k in changed})
         log.info("resumed from %s at iteration %d", path, self.iteration)
@@ -174,7 +174,7 @@ class Trainer:
     # -- the loop --
     def fit(self) -> dict:
         cfg, tcfg, runtime = self.cfg, self.cfg.trainer, self.runtime
-        resumed = self._resume_state()
+        resumed = self.choose_start()
         bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True, disable=not runtime.is_main)
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -315,24 +315,14 @@ class Trainer:
                 self.iteration, metrics["mIoU"], metrics["mAcc"], metrics["aAcc"], metrics["mPrecision"],
             )
             score = metrics[self.monitor]
-            improved = math.isfinite(score) and score > self.best_score
-            if improved:
+            if math.isfinite(score) and score > self.best_score:
+                # best.pt first: were the run killed in between, last.pt would still hold the former best
+                # score (never one that no best.pt holds), and the resume reads best.pt's (resume_choice)
                 self.best_score = score
-            self._save("last.pt", rng_per_rank)
-            if improved:
                 self._save("best.pt", rng_per_rank)
                 log.info("new best %s %.4f: saved best.pt", self.monitor, score)
+            self._save("last.pt", rng_per_rank)
         return metrics
-
-
-def refuse_existing_run(checkpoint_dir: Path) -> None:
-    """A fresh run never overwrites one: refuse a run directory that already holds checkpoints."""
-    existing = sorted(checkpoint_dir.glob("*.pt")) if checkpoint_dir.is_dir() else []
-    if existing:
-        raise RunRefused(
-            f"{checkpoint_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): recallseg never overwrites "
-            "a run; continue it with resume=auto, or choose another hydra.run.dir"
-        )
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
