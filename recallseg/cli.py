@@ -48,7 +48,7 @@ def one_line(error: BaseException) -> str:
 @contextlib.contextmanager
 def user_errors(log_to_run: bool = False) -> Iterator[None]:
     """Print a UserError (and the file-system and numeric ones a user causes) as one line; exit 2."""
-    from .engine.trainer import RunRefused
+    from .engine.resume_choice import RunRefused
 
     try:
         yield
@@ -134,7 +134,8 @@ def _runs_a_job(argv: list[str]) -> bool:
 
 def run_training(cfg: DictConfig) -> float:
     """The training task: check, refuse an existing run, build, record the config, train."""
-    from .engine.trainer import Trainer, refuse_existing_run
+    from .engine.resume_choice import refuse_existing_run
+    from .engine.trainer import Trainer
     from .run_directory import record_config
     from .schema import validate_train_config
 
@@ -143,6 +144,7 @@ def run_training(cfg: DictConfig) -> float:
         if config.resume is None:
             refuse_existing_run(Path(config.output_dir) / "checkpoints")
         trainer = Trainer(config)
+        trainer.choose_start()  # may refuse the run: before anything is written
         if trainer.runtime.is_main:
             record_config(Path(config.output_dir), config)
         metrics = trainer.fit()
@@ -157,12 +159,16 @@ def _train_app(cfg: DictConfig) -> float:
 
 def train_main() -> None:
     """``python train.py ...`` and ``recallseg-train ...``."""
+    from .run_directory import check_writable
     from .schema import validate_train_config
 
     argv = sys.argv[1:]
     if _runs_a_job(argv):
         with user_errors():
             validate_train_config(compose_checked("train", argv))
+            run_dirs = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == "hydra.run.dir"]
+            if run_dirs:  # before Hydra opens train.log in it
+                check_writable(run_dirs[-1])
     _train_app()
 
 

@@ -7,12 +7,33 @@ existing run directory exactly as it was.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic_files import atomic_write
+from .errors import UserError
+
+
+class RunDirectoryError(UserError):
+    """The run directory cannot be written."""
+
+
+def check_writable(directory: str | Path) -> None:
+    """Create ``directory`` if needed and write (then remove) a file in it, so that a read-only
+    run directory stops the run at its start instead of at its first checkpoint."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise RunDirectoryError(
+            f"cannot write to {directory} ({error.strerror or type(error).__name__}): checkpoints and logs go there; "
+            "make it writable or choose another hydra.run.dir"
+        ) from None
 
 
 def record_config(run_dir: Path, cfg: DictConfig) -> None:

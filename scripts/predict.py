@@ -6,7 +6,8 @@
 ``input`` is an image file or a folder (searched recursively) of images in any format and
 size OpenCV reads; files it cannot decode are skipped with a warning. For every image
 ``output/color/<name>.png`` (palette colours) and ``output/overlay/<name>.png`` (colours over
-the image) are written; ``formats=[color,overlay,index]`` picks others (``index``: class ids).
+the image) are written, ``<name>`` being the file's path without its extension (with it, for
+files that would otherwise share a name: ``a.jpg.png`` and ``a.png.png``); ``formats=[color,overlay,index]`` picks others (``index``: class ids).
 
 Options (key=value): ``device`` (auto | cpu | cuda), ``amp`` (auto | bf16 | fp16 | off),
 ``alpha`` (overlay opacity), ``inference.*`` as in configs/eval.yaml (mode, crop_size, stride,
@@ -61,7 +62,13 @@ def find_images(path: Path) -> list[tuple[Path, str]]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
         raise PredictError(f"no readable image in {path}: the folder is empty. Give a folder holding PNG, JPEG, BMP, TIFF or WebP images.")
-    return [(file, file.relative_to(path).with_suffix("").as_posix()) for file in files]
+    from recallseg.engine.predictions import unique_output_names
+
+    try:
+        names = unique_output_names([file.relative_to(path) for file in files])
+    except ValueError as error:
+        raise PredictError(str(error)) from None
+    return list(zip(files, names))
 
 
 def palette_of(state: dict, cfg: dict):

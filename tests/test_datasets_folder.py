@@ -108,3 +108,73 @@ def test_an_unreadable_mask_is_named(tmp_path):
     with pytest.raises(DatasetError, match="cannot decode") as error:
         FolderDataset(tmp_path, "train")[1]
     assert str(path) in str(error.value)
+
+
+def write_palette_png(path, indices, colours):
+    """A palette (mode P) PNG as Pascal VOC stores masks: pixel values are indices into ``colours``."""
+    from PIL import Image
+
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette([value for colour in colours for value in colour])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def test_palette_png_masks_are_read_as_class_indices(tmp_path):
+    written = make_folder(tmp_path)
+    mask = written["train"][0][1]
+    colours = [(0, 0, 0), (128, 0, 0), (0, 128, 0)] + [(9, 9, 9)] * 252 + [(224, 224, 192)]  # VOC's ignore colour at 255
+    write_palette_png(tmp_path / "masks" / "train" / "train_000.png", mask, colours)
+    image, loaded = FolderDataset(tmp_path, "train")[0]
+    assert np.array_equal(loaded, mask)  # the indices, not the colours
+    bad = mask.copy()
+    bad[0, 0] = 7
+    path = write_palette_png(tmp_path / "masks" / "train" / "train_001.png", bad, colours)
+    with pytest.raises(DatasetError, match="7") as error:  # indices are checked like any class ids
+        FolderDataset(tmp_path, "train")[1]
+    assert str(path) in str(error.value)
+
+
+def test_a_colour_coded_mask_is_refused_saying_how_to_convert_it(tmp_path):
+    make_folder(tmp_path)
+    write_rgb(tmp_path / "masks" / "train" / "train_000.png", np.full((32, 48, 3), 128, np.uint8))
+    with pytest.raises(DatasetError, match="colour-coded") as error:
+        FolderDataset(tmp_path, "train")[0]
+    assert "single-channel 8-bit PNG" in str(error.value) and "palette (mode P) PNG" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("classes: [a, b, c]\npalette: 5\n", "palette must be a list"),
+        ("classes: [a, b, c]\npalette: [[0, 0, 0], red, [1, 2, 3]]\n", "colour 1 is 'red'"),
+        ("classes: [a, b, c]\npalette: [[0, 0, 0], [1, 2], [1, 2, 3]]\n", r"colour 1 is \[1, 2\]"),
+        ("classes: [a, b, c]\npalette: [[0, 0, 0], [1, 2, 300], [1, 2, 3]]\n", r"colour 1 is \[1, 2, 300\]"),
+        ("classes: [a, b, c]\npalette: [[0, 0, 0], [1, 2, 3]]\n", "got 2 colours"),
+        ("classes: [a, null, c]\n", "class 1 has the name None"),
+        ("classes: [a, '', c]\n", "class 1 has the name ''"),
+        ("classes: [road, car, road]\n", "classes 0 and 2 are both named 'road'"),
+        ("classes:\n  - {name: a, color: [0, 0, 0]}\n  - {name: b, color: blue}\n  - {name: c, color: [0, 0, 1]}\n", "colour 1 is 'blue'"),
+    ],
+)
+def test_classes_yaml_mistakes_are_one_line_errors_naming_the_file(tmp_path, content, expected):
+    make_folder(tmp_path)
+    (tmp_path / "classes.yaml").write_text(content)
+    with pytest.raises(DatasetError, match=expected) as error:
+        FolderDataset(tmp_path, "train")
+    assert str(tmp_path / "classes.yaml") in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_classes_yaml_that_is_not_utf8_is_named(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "classes.yaml").write_bytes("classes: [fond, route, voiture]\n# éé\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="not UTF-8 text .*save it as UTF-8") as error:
+        FolderDataset(tmp_path, "train")
+    assert str(tmp_path / "classes.yaml") in str(error.value)
+
+
+def test_classes_given_in_the_config_are_checked_too(tmp_path):
+    make_folder(tmp_path)
+    with pytest.raises(DatasetError, match="both named 'a'"):
+        FolderDataset(tmp_path, "train", classes_file=None, classes=["a", "b", "a"])

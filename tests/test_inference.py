@@ -47,7 +47,7 @@ def test_slide_equals_whole_for_a_pointwise_model(size):
     x = torch.randn(2, 3, *size)
     whole = whole_logits(model, x)
     slide = slide_logits(model, x, crop_size=(32, 48), stride=(21, 30), window_batch=3)
-    assert slide.shape == whole.shape == (2, 5, *size)  # (20, 30) is smaller than a window: padded, cropped back
+    assert slide.shape == whole.shape == (2, 5, *size)  # (20, 30) is smaller than a window: the window shrinks to it
     torch.testing.assert_close(slide, whole, atol=1e-5, rtol=1e-5)
 
 
@@ -140,3 +140,29 @@ def test_inference_and_evaluation_never_synchronise_with_the_host():
         evaluate(model, loader, normalizer, runtime, 4, 255, predict=predict, progress=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("crop", [(96, 192), (512, 1024), (128, 160)])
+def test_a_window_at_least_the_image_is_whole_image_inference_exactly(crop):
+    """A window as large as the image or larger is clamped to it: slide gives exactly the whole-image
+    logits of a real (not pointwise) model. The default 512x1024 window on a 96x192 image would
+    otherwise predict on a padded 512x1024 canvas; a window larger in one axis only still slides
+    along the other."""
+    from recallseg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"_target_": "segmentation_models_pytorch.create_model", "arch": "DeepLabV3Plus", "encoder_name": "resnet18",
+                         "encoder_weights": None}, 4).eval()  # fmt: skip
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape[-2:])))
+    x = torch.randn(2, 3, 96, 192)
+    with torch.no_grad():
+        whole = Inference(InferenceSettings(mode="whole"))(model, x)
+        calls.clear()
+        slide = Inference(InferenceSettings(mode="slide", crop_size=crop, stride=crop))(model, x)
+    if crop[1] >= 192:
+        assert torch.equal(slide, whole)
+        assert calls == [(96, 192)]  # one pass on the image itself, not on a padded canvas
+    else:  # 160 < 192 columns: two windows along the width, the height clamped to 96
+        assert calls == [(96, 160)]  # both windows (and both images) in one pass
+        assert slide.shape == whole.shape

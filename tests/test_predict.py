@@ -76,3 +76,25 @@ def test_bad_checkpoints_and_arguments_are_clear_errors(tmp_path, photos, capsys
     assert str(garbage) in capsys.readouterr().err
     assert predict.main([f"input={photos}"]) == 2
     assert "missing checkpoint=..., output=..." in capsys.readouterr().err
+
+
+def test_inputs_sharing_a_stem_get_distinct_predictions(checkpoint, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.zeros((24, 40, 3), np.uint8))
+    cv2.imwrite(str(folder / "a.png"), np.full((30, 50, 3), 255, np.uint8))
+    cv2.imwrite(str(folder / "b.png"), np.zeros((20, 20, 3), np.uint8))
+    out = tmp_path / "out"
+    assert predict.main([f"checkpoint={checkpoint}", f"input={folder}", f"output={out}", "device=cpu", "formats=[index]"]) == 0
+    assert sorted(p.name for p in (out / "index").iterdir()) == ["a.jpg.png", "a.png.png", "b.png"]
+    assert cv2.imread(str(out / "index" / "a.jpg.png")).shape[:2] == (24, 40)
+    assert cv2.imread(str(out / "index" / "a.png.png")).shape[:2] == (30, 50)
+
+
+def test_unique_output_names():
+    from recallseg.engine.predictions import unique_output_names
+
+    assert unique_output_names(["x/a.jpg", "x/a.PNG", "a.png", "b.tif"]) == ["x/a.jpg", "x/a.PNG", "a", "b"]
+    assert unique_output_names(["A.jpg", "a.png"]) == ["A.jpg", "a.png"]  # case-insensitive file systems
+    with pytest.raises(ValueError, match="same prediction file"):
+        unique_output_names(["a.jpg", "a.png", "a.jpg.png"])

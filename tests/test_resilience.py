@@ -171,7 +171,7 @@ def test_skipping_keeps_the_scaler_at_one_so_later_steps_are_exact(tmp_path):
 
 
 def test_each_rank_resumes_its_own_random_state(caplog):
-    from recallseg.engine.trainer import rng_state_for_rank
+    from recallseg.engine.random_state import rng_state_for_rank
 
     states = [{"torch": torch.tensor([rank])} for rank in range(3)]
     checkpoint = {"rng": states[0], "rng_per_rank": states}

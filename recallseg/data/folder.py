@@ -13,7 +13,9 @@ or splits as list files (one stem per line, relative to images/ without extensio
     masks/a.png    masks/b.png
 
 Masks are single-channel 8- or 16-bit PNG (or TIFF/BMP) files of class ids ``0..C-1``, with
-``ignore_index`` for pixels that take no part. Any other value is an error naming the file.
+``ignore_index`` for pixels that take no part, or palette (mode P) PNGs whose pixel indices are
+the class ids (the Pascal VOC convention; the palette's colours are not used). Any other value
+is an error naming the file; so is a colour-coded (RGB) mask.
 
 ``classes.yaml`` names the classes and optionally gives a palette::
 
@@ -47,9 +49,11 @@ def read_classes_file(path: Path) -> tuple[list[str], list[tuple[int, int, int]]
     if not path.is_file():
         raise DatasetError(f"classes file not found: {path}\nit names the classes, e.g.\n  classes: [background, road, car]\n  palette: [[0, 0, 0], [128, 64, 128], [0, 0, 142]]  # optional")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"classes file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); save it as UTF-8") from None
     except yaml.YAMLError as error:
-        raise DatasetError(f"cannot parse classes file {path}: {error}") from error
+        raise DatasetError(f"cannot parse classes file {path}: {' '.join(str(error).split())}") from None
     if isinstance(content, list):
         content = {"classes": content}
     if not isinstance(content, dict) or not isinstance(content.get("classes"), list) or not content["classes"]:
@@ -59,22 +63,43 @@ def read_classes_file(path: Path) -> tuple[list[str], list[tuple[int, int, int]]
         if isinstance(entry, dict):
             if "name" not in entry:
                 raise DatasetError(f"classes file {path}: entry {i} ({entry}) has no 'name'")
-            names.append(str(entry["name"]))
+            names.append(entry["name"])
             colours.append(entry.get("color", entry.get("colour")))
         else:
-            names.append(str(entry))
+            names.append(entry)
             colours.append(None)
     palette = content.get("palette")
     if palette is None and all(c is not None for c in colours):
         palette = colours
-    return names, _check_palette(palette, len(names), str(path))
+    return check_class_names(names, f"classes file {path}"), _check_palette(palette, len(names), f"classes file {path}")
+
+
+def check_class_names(names: Sequence[Any], source: str) -> list[str]:
+    """Class names must be distinct, non-empty strings (a YAML ``null``, number or ``yes`` is not one)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise DatasetError(f"{source}: class {i} has the name {name!r}; every class needs a non-empty name (quote names YAML reads as other values, e.g. 'null', 'yes', '1')")
+        if name in seen:
+            raise DatasetError(f"{source}: classes {seen[name]} and {i} are both named {name!r}; class names must be distinct")
+        seen[name] = i
+    return list(names)
 
 
 def _check_palette(palette: Any, num_classes: int, source: str) -> list[tuple[int, int, int]] | None:
     if palette is None:
         return None
-    if len(palette) != num_classes or any(len(c) != 3 or not all(0 <= int(v) <= 255 for v in c) for c in palette):
-        raise DatasetError(f"{source}: the palette must give one [R, G, B] colour (0..255) per class ({num_classes} classes), got {palette}")
+    expected = f"the palette must be a list of one [R, G, B] colour (integers 0..255) per class ({num_classes} classes)"
+    if isinstance(palette, (str, bytes)) or not isinstance(palette, Sequence):
+        raise DatasetError(f"{source}: {expected}, got {palette!r}")
+    if len(palette) != num_classes:
+        raise DatasetError(f"{source}: {expected}, got {len(palette)} colours")
+    for i, colour in enumerate(palette):
+        if (
+            isinstance(colour, (str, bytes)) or not isinstance(colour, Sequence) or len(colour) != 3
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)
+        ):  # fmt: skip
+            raise DatasetError(f"{source}: {expected}; colour {i} is {colour!r}")
     return [tuple(int(v) for v in c) for c in palette]
 
 
@@ -110,7 +135,7 @@ class FolderDataset(FilePairDataset):
         if not self.root.is_dir():
             raise layout_error("FolderDataset", self.root, LAYOUT, f"root {self.root} is not a directory")
         if classes is not None:
-            self.classes = [str(c) for c in classes]
+            self.classes = check_class_names(list(classes), "FolderDataset classes")
             self.palette = _check_palette(palette, len(self.classes), "FolderDataset palette")
         else:
             if classes_file is None:

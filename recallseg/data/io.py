@@ -71,20 +71,55 @@ def read_label(path: str | os.PathLike, channel: int | None = None) -> np.ndarra
     ``channel`` picks one channel of a multi-channel label in OpenCV's BGR order (Synthia keeps
     the class in R, which is channel 2). Without it the label must have one channel.
     """
+    if channel is None and png_colour_type(path) == PNG_PALETTE:
+        return read_palette_indices(Path(path))
     label = _imread(Path(path), cv2.IMREAD_UNCHANGED)
     if label.dtype not in (np.uint8, np.uint16):
         raise DatasetError(f"label {path}: expected 8- or 16-bit integers, decoded {label.dtype}")
     if channel is None:
         if label.ndim != 2:
             raise DatasetError(
-                f"label {path} has {label.shape[2]} channels; expected a single-channel image of class ids "
-                "(colour-coded masks are not label maps)"
+                f"label {path} has {label.shape[2]} channels: it looks like a colour-coded mask, not a map of class ids; "
+                "convert it to a single-channel 8-bit PNG whose pixel values are the class indices (each colour -> its class's "
+                "position in the class list), or to a palette (mode P) PNG of those indices"
             )
         return label
     if label.ndim != 3 or label.shape[2] <= channel:
         channels = 1 if label.ndim == 2 else label.shape[2]
         raise DatasetError(f"label {path} has {channels} channel(s); expected the class id in channel {channel} (BGR order)")
     return np.ascontiguousarray(label[:, :, channel])
+
+
+PNG_PALETTE = 3  # the IHDR colour type of indexed-colour PNGs
+
+
+def png_colour_type(path: str | os.PathLike) -> int | None:
+    """The IHDR colour type of a PNG (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA), or None for other files."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return None  # read_label's decoding names the problem
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[25]
+
+
+def read_palette_indices(path: Path) -> np.ndarray:
+    """The pixel indices of a palette (mode P) PNG, as Pascal VOC stores class ids, ignoring the colours.
+
+    OpenCV would expand the palette to colours; Pillow keeps the indices."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode != "P":
+                raise DatasetError(f"label {path}: expected a palette PNG, Pillow reads mode {image.mode}")
+            return np.array(image, dtype=np.uint8)
+    except DatasetError:
+        raise
+    except Exception as error:
+        raise DatasetError(f"cannot decode {path}: unreadable or corrupt palette PNG ({type(error).__name__}: {error})") from None
 
 
 def png_size(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ shared memory, pinning and the host-to-device copy). Images become normalised fl
 
 from __future__ import annotations
 
+import signal
 from typing import Iterator
 
 import cv2
@@ -52,10 +53,19 @@ class TrainingStream(Sampler):
             position += 1
 
 
-def single_threaded_opencv(worker_id: int) -> None:
-    """Each DataLoader worker is one core: without this, every worker's OpenCV sizes its own
-    thread pool to all the cores and they fight over them."""
+def worker_init(worker_id: int) -> None:
+    """Set up a DataLoader worker.
+
+    - One core each: without this, every worker's OpenCV sizes its own thread pool to all the
+      cores and they fight over them.
+    - SIGTERM and SIGINT are ignored: a scheduler or Ctrl-C signals the whole process group, and
+      a worker dying of it would make the training process fail ("DataLoader worker is killed
+      by signal") before it could save. The training process stops the workers itself; if it
+      dies, they notice and exit.
+    """
     cv2.setNumThreads(1)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def train_loader(
@@ -79,7 +89,7 @@ def train_loader(
         drop_last=True,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
-        worker_init_fn=single_threaded_opencv,
+        worker_init_fn=worker_init,
     )
 
 
@@ -90,5 +100,5 @@ def eval_loader(
     if world_size > 1:  # a strided shard: unlike DistributedSampler, it never pads with duplicates
         dataset = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=single_threaded_opencv
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init
     )

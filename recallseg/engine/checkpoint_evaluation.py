@@ -16,7 +16,7 @@ from ..construct import plain
 from ..data.builder import build_dataset
 from ..metrics import format_table, metrics_from_confusion
 from ..models import build_model
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, require_finite_weights
 from .checkpoint_config import checkpoint_config, read_checkpoint
 from .evaluation import evaluate
 from .evaluation_data import evaluation_loader, evaluation_samples, sample_names
@@ -46,6 +46,7 @@ def model_from_checkpoint(
 ) -> torch.nn.Module:
     """The checkpoint's model, built from its stored (untrusted) ``model`` section without downloading
     anything, with its weights, on the runtime's device, in eval mode."""
+    require_finite_weights(state, checkpoint_path)
     model_cfg = plain(cfg["model"])
     model = build_model(model_cfg, num_classes, trusted=False, named_by_user=named_by_user, offline=True)
     try:

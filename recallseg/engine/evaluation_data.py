@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.base import SegmentationDataset
 from ..data.cache import CachedDataset
 from ..data.io import png_size, read_image
+from ..data.loading import worker_init
 from ..data.masks import to_mask_dtype
 
 def unwrap(dataset: SegmentationDataset) -> SegmentationDataset:
@@ -134,7 +135,7 @@ def evaluation_loader(
     dataset = samples if indices is None else torch.utils.data.Subset(samples, indices)
     return DataLoader(
         dataset, batch_size=max(int(batch_size), 1), shuffle=False, num_workers=int(num_workers),
-        pin_memory=pin_memory, collate_fn=collate_evaluation,
+        pin_memory=pin_memory, collate_fn=collate_evaluation, worker_init_fn=worker_init,
     )  # fmt: skip
 
 

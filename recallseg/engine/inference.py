@@ -9,7 +9,8 @@ to the host (window positions and sizes are computed from shapes), so a GPU neve
   output stride and cropped back.
 - ``slide``: ``crop_size`` windows every ``stride`` pixels, the last window of a row/column
   flush with the border; the logits of overlapping windows are averaged (sum / count map).
-  Images smaller than a window are padded up to it. Windows are run ``window_batch`` at a time.
+  A window larger than the image is clamped to the image's size along that axis (so an image
+  that fits in one window is predicted whole). Windows are run ``window_batch`` at a time.
 - ``flip``: the horizontally flipped batch runs in the same forward pass; its logits are
   flipped back and averaged with the plain ones.
 - ``scales``: the image is resized by each factor, predicted, and the logits resized back to
@@ -78,12 +79,11 @@ def slide_logits(
     ``window_batch`` bounds the crops per forward pass (windows of all N images together);
     each window goes through :func:`whole_logits`, so crops need not be multiples of ``multiple``.
     """
-    crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
     batch, _, height, width = x.shape
-    pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
-    if pad_h or pad_w:  # smaller than a window: pad up to one (bottom/right), crop back at the end
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    full_h, full_w = x.shape[-2:]
+    # A window larger than the image shrinks to it: padding up to the window would predict mostly
+    # zeros, worse and many times slower, where the image itself fits in one window.
+    crop_h, crop_w = min(int(crop_size[0]), height), min(int(crop_size[1]), width)
+    full_h, full_w = height, width
     windows = window_grid(full_h, full_w, (crop_h, crop_w), stride)
     per_pass = max(1, int(window_batch) // batch)
     total = None
@@ -97,7 +97,7 @@ def slide_logits(
         for j, (top, left) in enumerate(chunk):
             total[:, :, top : top + crop_h, left : left + crop_w] += out[j * batch : (j + 1) * batch]
             count[:, :, top : top + crop_h, left : left + crop_w] += 1
-    return (total / count)[..., :height, :width]
+    return total / count
 
 
 @dataclass

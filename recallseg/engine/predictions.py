@@ -18,7 +18,8 @@ opt-in (``predictions.save=true``) and the only host synchronisation of an evalu
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import Counter
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import cv2
@@ -110,3 +111,21 @@ def write_png(path: str | Path, array: np.ndarray) -> Path:
         raise OSError(f"cannot encode a PNG for {path}")
     encoded.tofile(str(path))  # tofile: also works for non-ASCII paths
     return path
+
+
+def unique_output_names(relative_paths: Sequence[str | Path]) -> list[str]:
+    """One output name (without ``.png``) per input file, given relative to the input folder.
+
+    A name is the path without its extension (``street.jpg`` -> ``street``), except for inputs
+    that would share one (``a.jpg`` and ``a.png``): those keep their extension (``a.jpg``,
+    ``a.png``, written as ``a.jpg.png``, ``a.png.png``), so no prediction overwrites another.
+    Names are compared ignoring case, as on case-insensitive file systems.
+    """
+    paths = [PurePosixPath(Path(p).as_posix()) for p in relative_paths]
+    stems = [p.with_suffix("").as_posix() for p in paths]
+    shared = Counter(stem.casefold() for stem in stems)
+    names = [p.as_posix() if shared[stem.casefold()] > 1 else stem for p, stem in zip(paths, stems)]
+    clashes = [name for name, count in Counter(n.casefold() for n in names).items() if count > 1]
+    if clashes:  # e.g. a.jpg and a.png next to a.jpg.png
+        raise ValueError(f"input files {', '.join(sorted(clashes)[:5])} would write the same prediction file; rename one of them")
+    return names

@@ -89,3 +89,10 @@ class TrainingLogger:
             self.writer.add_image(f"train/{name}_heatmap", history.image(), iteration, dataformats="HWC")
         log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f it/s", iteration, self.max_iters, mean_loss, lr, speed)
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+
+
+def console_loggers() -> list[logging.Logger]:
+    """The loggers whose console handlers ``logging_redirect_tqdm`` must route through ``tqdm.write``,
+    so that no log line lands on the progress bar's line: the root logger (where Hydra puts the
+    console handler) and ``recallseg`` when it has handlers of its own."""
+    return [logging.getLogger()] + ([log] if log.handlers else [])
