@@ -6,7 +6,7 @@
 Prints one table per device (median ms per forward + backward, and the ratio to CE measured
 in the same run) and writes JSON. Losses are timed round-robin, one repeat of each in turn,
 so a drift in machine load hits every loss alike; the ratio of the minima is the steadier
-figure on a shared machine (the JSON records the load average). Issue 7's target: recall <= 1.3x CE on CPU
+figure on a shared machine (the JSON records the load average). The target: recall <= 1.3x CE on CPU
 at 4x16x192x384.
 
 `authors_recall_reference` is NOT a recallseg loss: it re-creates, for benchmarking only, the
