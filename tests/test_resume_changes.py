@@ -64,3 +64,14 @@ def test_what_cannot_continue_is_refused_naming_the_key(run_dir, override, named
     message = str(info.value)
     assert "cannot continue" in message and named in message and "\n" not in message
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_a_weight_that_is_not_finite_is_never_saved(tmp_path):
+    import torch
+
+    run = trainer(tmp_path / "fresh")
+    name, tensor = next((k, v) for k, v in run.module.state_dict().items() if v.is_floating_point())
+    tensor.view(-1)[0] = float("nan")
+    with pytest.raises(FloatingPointError, match=f"model tensor '{name}' is not finite at iteration 0; not saving last.pt"):
+        run._save("last.pt")
+    assert not (tmp_path / "fresh" / "checkpoints" / "last.pt").exists()

@@ -22,7 +22,7 @@ from ..data.loading import train_loader
 from ..metrics import format_table, metrics_from_confusion
 from ..atomic_files import remove_orphaned_temporaries
 from ..run_directory import check_writable
-from .checkpoint import load_checkpoint, require_finite_weights, save_checkpoint
+from .checkpoint import first_nonfinite, load_checkpoint, require_finite_weights, save_checkpoint
 from .cuda_graph import GraphedStep
 from .evaluation import evaluate
 from .evaluation_data import evaluation_loader, evaluation_samples
@@ -145,12 +145,12 @@ class Trainer:
 
     def _save(self, name: str, rng_per_rank: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
         """Write a checkpoint; refuses weights or statistics that are not finite (a NaN never reaches disk)."""
-        for key, tensor in self.module.state_dict().items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise FloatingPointError(
-                    f"model tensor {key!r} is not finite at iteration {self.iteration}; not saving {name}. "
-                    "Lower optimizer.lr, set trainer.grad_clip, or check the data."
-                )
+        key = first_nonfinite(self.module.state_dict())
+        if key is not None:
+            raise FloatingPointError(
+                f"model tensor {key!r} is not finite at iteration {self.iteration}; not saving {name}. "
+                "Lower optimizer.lr, set trainer.grad_clip, or check the data."
+            )
         path = self.checkpoint_dir / name
         save_checkpoint(self.state_dict(rng_per_rank, **extra), path)
         if name == "last.pt":
