@@ -271,6 +271,7 @@ def test_evaluate_refuses_a_checkpoint_with_a_nan_naming_the_tensor(nan_checkpoi
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_with_a_nan_without_blaming_training(nan_checkpoint, tmp_path):
     path, key = nan_checkpoint
     result = run_entry_point("train.py", *RUN, "trainer.max_iters=9", f"resume={path}", f"hydra.run.dir={tmp_path / 'run'}", check=False)

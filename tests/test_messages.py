@@ -51,6 +51,7 @@ def test_a_user_error_in_a_loader_worker_is_one_line_also_in_train_log(tmp_path,
     assert expected in (tmp_path / "run" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_bug_keeps_its_traceback_and_reaches_train_log(tmp_path, failing_dataset):
     result = run_failing(tmp_path, failing_dataset, "bug")
     assert result.returncode == 1 and "RuntimeError" in result.stderr

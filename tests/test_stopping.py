@@ -65,6 +65,7 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_last_pt(tmp_path
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_sigint_to_the_process_group_exits_130(tmp_path):
     proc = train(tmp_path / "run", "trainer.max_iters=60", "trainer.val_interval=100", "trainer.num_workers=1", "loss=ce")
     code, out = signal_group_after(proc, "iter 1/", signal.SIGINT)
