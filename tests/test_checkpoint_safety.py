@@ -271,6 +271,7 @@ def test_evaluate_refuses_a_checkpoint_with_a_nan_naming_the_tensor(nan_checkpoi
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_with_a_nan_without_blaming_training(nan_checkpoint, tmp_path):
     path, key = nan_checkpoint
     result = run_entry_point("train.py", *RUN, "trainer.max_iters=9", f"resume={path}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
@@ -291,3 +292,17 @@ def test_predict_refuses_a_checkpoint_with_a_nan(nan_checkpoint, tmp_path, capsy
     assert predict.main([f"checkpoint={path}", f"input={image}", f"output={tmp_path / 'out'}"]) == 2
     assert f"'{key}' holds NaN" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_fresh_run_leaves_the_run_directory_as_it_was(tmp_path):
+    """Checkpoints refuse a fresh run into the directory; its recorded config (.hydra) and its log
+    stay as they were (Hydra writes no .hydra of its own: recallseg records it once accepted)."""
+    run_dir = tmp_path / "run"
+    save_checkpoint(resumable(4), run_dir / "checkpoints" / "last.pt")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 123\n")
+    (run_dir / "train.log").write_text("the first run's log\n")
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    result = run_entry_point("train.py", *RUN, "trainer.max_iters=2", "seed=5", f"hydra.run.dir={run_dir}", check=False)
+    assert result.returncode == 2 and "never overwrites a run" in result.stderr, result.stderr[-2000:]
+    assert {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

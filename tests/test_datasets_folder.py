@@ -178,3 +178,33 @@ def test_classes_given_in_the_config_are_checked_too(tmp_path):
     make_folder(tmp_path)
     with pytest.raises(DatasetError, match="both named 'a'"):
         FolderDataset(tmp_path, "train", classes_file=None, classes=["a", "b", "a"])
+
+
+def test_validation_batches_of_mixed_size_frames_score_each_frame_on_its_own(tmp_path):
+    """Frames of different sizes in one evaluation batch are predicted one at a time: the confusion
+    matrix equals the sum of per-frame matrices counted by hand (numpy)."""
+    import torch
+
+    from recallseg.engine.evaluation import evaluate
+    from recallseg.engine.evaluation_data import evaluation_loader, evaluation_samples
+    from recallseg.engine.runtime import Normalizer, init_runtime
+
+    make_folder(tmp_path, frames={"val": 1})
+    rng = np.random.default_rng(1)
+    for i, (height, width) in enumerate([(20, 36), (40, 24), (32, 48)]):
+        write_rgb(tmp_path / "images" / "val" / f"val_{i:03d}.png", rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        write_array(tmp_path / "masks" / "val" / f"val_{i:03d}.png", rng.integers(0, 3, (height, width), dtype=np.uint8))
+    dataset = FolderDataset(tmp_path, "val")
+    runtime = init_runtime("cpu", "off", False)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 1).eval()  # pointwise: each frame's prediction is independent of padding
+    normalizer = Normalizer([0.5, 0.5, 0.5], [0.25, 0.25, 0.25], runtime)
+    samples = evaluation_samples({}, dataset, full_resolution=True)
+    matrix = evaluate(model, evaluation_loader(samples, batch_size=3), normalizer, runtime, 3, 255).compute().numpy()
+    expected = np.zeros((3, 3), np.int64)
+    for index in range(len(dataset)):
+        image, mask = dataset.load(index)
+        x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
+        prediction = model(x).argmax(1)[0].numpy()
+        np.add.at(expected, (mask.astype(np.int64), prediction), 1)
+    assert np.array_equal(matrix, expected)

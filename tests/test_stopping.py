@@ -65,6 +65,7 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_last_pt(tmp_path
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_sigint_to_the_process_group_exits_130(tmp_path):
     proc = train(tmp_path / "run", "trainer.max_iters=60", "trainer.val_interval=100", "trainer.num_workers=1", "loss=ce")
     code, out = signal_group_after(proc, "iter 1/", signal.SIGINT)
@@ -134,3 +135,15 @@ def test_sigterm_to_a_torchrun_process_group_stops_both_ranks_after_the_same_ste
     assert len(state["rng_per_rank"]) == 2
     assert "stopped at iteration %d" % state["iteration"] in out
     assert "killed by signal" not in out and "SIGKILL" not in out
+
+
+def test_a_process_exits_with_a_loader_it_never_shut_down():
+    """Workers ignore SIGTERM, the signal multiprocessing stops them with at exit: a loader left
+    running (referenced by an error's traceback, say) must not keep the process from exiting."""
+    code = (
+        "from torch.utils.data import DataLoader\nfrom recallseg.data.loading import worker_init\n"
+        "batches = iter(DataLoader(list(range(8)), num_workers=1, worker_init_fn=worker_init, persistent_workers=True))\n"
+        "next(batches)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert result.returncode == 0

@@ -8,7 +8,11 @@ shared memory, pinning and the host-to-device copy). Images become normalised fl
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # noqa: F401 (its exit hook is registered before ours, so ours runs first)
 import signal
+import threading
 from typing import Iterator
 
 import cv2
@@ -66,6 +70,20 @@ def worker_init(worker_id: int) -> None:
     cv2.setNumThreads(1)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    """At interpreter exit multiprocessing stops daemonic children (loader workers are daemonic) with
+    SIGTERM and then joins them. Loader workers ignore SIGTERM, so one whose loader is still
+    referenced then (by the traceback of the error ending the run, say) would be waited for
+    forever: daemonic children are killed first (SIGTERM would end them here anyway)."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if children and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # PyTorch's handler would report the killed workers as failed
+    for child in children:
+        child.kill()
+        child.join(timeout=5)
 
 
 def train_loader(

@@ -1,0 +1,79 @@
+"""What a run prints when something goes wrong: one clear line for a user's mistake, also from
+a loader worker; fatal errors in train.log too; no line ever shares the progress bar's."""
+
+import pytest
+
+from conftest import TINY_OVERRIDES, run_entry_point
+from recallseg.cli import one_line
+
+RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval", "trainer.num_workers"))]
+
+FAILING_DATASET = '''
+import os
+from recallseg.data import SyntheticStreets
+from recallseg.data.io import DatasetError
+
+class FailsAtSample3(SyntheticStreets):
+    def load(self, index):
+        if self.split == "train" and index == 3:
+            if os.environ.get("FAIL_WITH") == "bug":
+                raise RuntimeError("boom in sample 3")
+            raise DatasetError("label /data/masks/x.png holds mask values outside the known ones: 7\\n  (known: 0-8, 255)")
+        return super().load(index)
+'''
+
+
+@pytest.fixture
+def failing_dataset(tmp_path):
+    (tmp_path / "failing_dataset.py").write_text(FAILING_DATASET)
+    return str(tmp_path)
+
+
+def last_segments(stream: str) -> list[str]:
+    """What each terminal line ends up showing: the text after its last carriage return."""
+    return [line.split("\r")[-1] for line in stream.split("\n")]
+
+
+def run_failing(tmp_path, failing_dataset, fail_with):
+    return run_entry_point(
+        "train.py", *RUN, "trainer.max_iters=8", "trainer.val_interval=100", "trainer.num_workers=1", "loss=ce",
+        "dataset._target_=failing_dataset.FailsAtSample3", f"hydra.run.dir={tmp_path / 'run'}", check=False,
+        env={"PYTHONPATH": failing_dataset, "FAIL_WITH": fail_with},
+    )  # fmt: skip
+
+
+def test_a_user_error_in_a_loader_worker_is_one_line_also_in_train_log(tmp_path, failing_dataset):
+    result = run_failing(tmp_path, failing_dataset, "user")
+    assert result.returncode == 2, result.stderr[-3000:]
+    expected = "error: label /data/masks/x.png holds mask values outside the known ones: 7 (known: 0-8, 255)"
+    assert expected in last_segments(result.stderr), result.stderr[-2000:]  # on a line of its own
+    assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
+    assert expected in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_bug_keeps_its_traceback_and_reaches_train_log(tmp_path, failing_dataset):
+    result = run_failing(tmp_path, failing_dataset, "bug")
+    assert result.returncode == 1 and "RuntimeError" in result.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "training failed" in log and "boom in sample 3" in log and "Traceback" in log
+
+
+def test_log_lines_never_land_on_the_progress_bar_s_line(tmp_path):
+    result = run_entry_point("train.py", *RUN, "trainer.max_iters=3", "trainer.val_interval=2", "loss=ce", "trainer.num_workers=0",
+                             f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    output = result.stdout + "\n" + result.stderr
+    records = [segment for segment in last_segments(output) if "[recallseg]" in segment]
+    assert records and all(segment.startswith("[") for segment in records), [s for s in records if not s.startswith("[")][:3]
+    assert output.count("][recallseg][INFO] - iter 1/3") == 1  # once, not also without the format
+
+
+def test_one_line_unwraps_a_worker_error_spanning_lines():
+    from recallseg.data.io import DatasetError
+
+    wrapped = DatasetError(
+        "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in load\n    raise DatasetError("...")\n'
+        "recallseg.data.io.DatasetError: FolderDataset: 1 image(s) without a label:\n  images/a.png (expected label masks/a.png)\n"
+    )
+    assert one_line(wrapped) == "FolderDataset: 1 image(s) without a label: images/a.png (expected label masks/a.png)"
