@@ -91,7 +91,8 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
     module = build_model(cfg.model, len(classes)).to(device)
     if runtime.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    if tcfg.sync_batchnorm and device.type != "cuda":
+    # One process already normalises over its whole batch: sync_batchnorm only matters with several.
+    if tcfg.sync_batchnorm and runtime.distributed and device.type != "cuda":
         raise ConfigError("trainer.sync_batchnorm", "needs CUDA (PyTorch's SyncBatchNorm)", "on CPU use trainer.freeze_batchnorm=true")
     if runtime.distributed and tcfg.sync_batchnorm:
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
@@ -116,7 +117,7 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
         device.type, init_scale=2.0**16 if scaling else 1.0, growth_interval=2000 if scaling else 2**31 - 1,
         enabled=scaling or tcfg.nonfinite == "skip",
     )  # fmt: skip
-    normalizer = Normalizer(cfg.model.mean, cfg.model.std, runtime)
+    normalizer = Normalizer.for_model(cfg.model, runtime)
     return TrainingParts(train_set, val_set, model, module, criterion, optimizer, scheduler, scaler, normalizer)
 
 
