@@ -1,4 +1,4 @@
-"""Tiny dataset trees in the exact public on-disk layouts (see ../shared/datasets.md).
+"""Tiny dataset trees in the exact public on-disk layouts (described in data/README.md).
 
 Images are smooth colour regions plus noise; labels are random blocks of known ids. Every
 builder returns what it wrote, so tests can compare the loaded arrays with the ground truth.
