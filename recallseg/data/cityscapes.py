@@ -1,6 +1,6 @@
 """Cityscapes (gtFine), the 19 evaluation classes of the official benchmark.
 
-Layout under ``root`` (the public download; see ../shared/datasets.md and data/README.md)::
+Layout under ``root`` (the public download; see data/README.md)::
 
     leftImg8bit/{train,val,test}/CITY/CITY_SEQ_FRAME_leftImg8bit.png
     gtFine/{train,val,test}/CITY/CITY_SEQ_FRAME_gtFine_labelIds.png
