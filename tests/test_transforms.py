@@ -90,7 +90,7 @@ def test_images_stay_uint8():
 
 def test_builder_rejects_a_dataset_resize_off_the_output_stride():
     cfg = {"_target_": "recallseg.data.SyntheticStreets", "height": 64, "width": 64, "num_train": 2, "size_divisor": 32, "resize": [380, 760]}
-    with pytest.raises(ValueError, match="dataset.resize \\[380, 760\\].*\\[384, 768\\]"):
+    with pytest.raises(ValueError, match="dataset.resize: \\[380, 760\\] is not divisible by 32.*\\[384, 768\\]"):
         build_dataset(cfg, "train")
 
 
