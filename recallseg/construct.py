@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .errors import ConfigError, nearest
+from .errors import ConfigError, UserError, nearest
 
 # What a stored config may name, by package; each must also be of the kind the section builds.
 TRUSTED_PACKAGES = ("recallseg", "segmentation_models_pytorch", "albumentations")
@@ -176,7 +176,7 @@ def build(
         return instantiate({**section, **{"_convert_": "all"}}, **supplied)
     except Exception as error:  # a constructor's own check (e.g. "3 weights for 4 classes"): the user's value
         cause = error.__cause__ or error
-        if isinstance(cause, ConfigError):
+        if isinstance(cause, UserError):  # a one-line message of recallseg's own (a missing download, say)
             raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(key, f"{section['_target_']}: {cause}", "fix the options in that section") from None

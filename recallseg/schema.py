@@ -98,6 +98,7 @@ TRAIN = {
     "dataset": "target", "model": "target", "loss": "target", "optimizer": "target", "scheduler": "target",
     "trainer": TRAINER, "evaluation": EVALUATION, "inference": INFERENCE, "paths": PATHS,
     "seed": Option(int, minimum=0), "resume": Option(str, null=True), "output_dir": Option(str),
+    "protocol": Option(str, choices=("recallseg", "paper"), null=True),
 }
 EVAL = {
     "checkpoint": Option(str), "output_dir": Option(str),

@@ -10,7 +10,7 @@ figure on a shared machine (the JSON records the load average). The target: reca
 at 4x16x192x384.
 
 `authors_recall_reference` is NOT a recallseg loss: it re-creates, for benchmarking only, the
-behaviour of the paper authors' recall loss as paper.md describes it (argmax predictions,
+behaviour of the paper authors' recall loss as their public code computes it (argmax predictions,
 torch.unique and boolean-mask indexing each step, counters starting at 1, mean over all
 pixels), so its cost can be compared with ours on the same machine.
 """
@@ -54,7 +54,7 @@ CONFIGS = {
 
 
 class AuthorsRecallLossReference(nn.Module):
-    """Reference for benchmarking only, written from the description in paper.md; not for training.
+    """Reference for benchmarking only, written from a description of the authors' code; not for training.
 
     Reproduces the costly steps of the authors' recall loss: argmax over classes, torch.unique
     over the labels and over the missed labels (each a host-device sync), boolean-mask

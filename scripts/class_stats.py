@@ -4,8 +4,10 @@
     python train.py dataset=cityscapes loss=weighted_ce dataset.stats_file=cityscapes_stats.json
 
 Reads the same dataset configs as train.py (configs/dataset/), without augmentation, with a
-progress bar and DataLoader workers. The JSON holds ``dataset``, ``split``, ``classes``,
-``pixel_counts`` and ``frequencies`` (fractions of the non-ignored pixels).
+progress bar and DataLoader workers. The JSON holds ``dataset``, ``split``, ``config`` (the
+dataset options it was computed for; a run with other ones refuses the file), ``classes``,
+``pixel_counts``, ``image_pixels`` (per class, the labelled pixels of the images containing it:
+weighted_ce's median_frequency) and ``frequencies`` (fractions of the non-ignored pixels).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from recallseg.data.builder import build_dataset
-from recallseg.data.statistics import class_pixel_counts, write_statistics
+from recallseg.data.statistics import class_statistics, write_statistics
 
 
 def class_stats(cfg: DictConfig) -> dict[str, Any]:
@@ -25,9 +27,9 @@ def class_stats(cfg: DictConfig) -> dict[str, Any]:
     dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     split = cfg.split or dataset_cfg.get("train_split", "train")
     dataset = build_dataset(dataset_cfg, split, transform=None)  # the labels themselves: no augmentation
-    counts = class_pixel_counts(dataset, dataset.num_classes, dataset.ignore_index, num_workers=int(cfg.num_workers))
-    config = {k: v for k, v in dataset_cfg.items() if k not in ("train_transform", "val_transform")}
-    write_statistics(cfg.output, dataset, counts, split, config)
+    stats = class_statistics(dataset, dataset.num_classes, dataset.ignore_index, num_workers=int(cfg.num_workers))
+    counts = stats.pixel_counts
+    write_statistics(cfg.output, dataset, stats, split, dataset_cfg)  # records the label-relevant config and image_pixels
     total = int(counts.sum())
     print(f"{type(dataset).__name__} {split}: {len(dataset)} images, {total} labelled pixels -> {Path(cfg.output).resolve()}")
     for name, count in zip(dataset.classes, counts.tolist(), strict=True):

@@ -105,7 +105,7 @@ def predict(cfg) -> list[Path]:
     settings = InferenceSettings.from_config(OmegaConf.to_container(cfg.inference, resolve=True))
     runtime = init_runtime(cfg.device, cfg.amp, "auto")
     model = model_from_checkpoint(state, train_cfg, len(classes), runtime, checkpoint)
-    normalizer = Normalizer(train_cfg.model.mean, train_cfg.model.std, runtime)
+    normalizer = Normalizer.for_model(train_cfg.model, runtime)
     infer = Inference(settings)
     names = [name for _, name in images]
     palette = palette_of(state, OmegaConf.to_container(train_cfg, resolve=False))

@@ -217,3 +217,16 @@ def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_error(tmp_pa
     with atomic_write(target, "wb") as handle:
         handle.write(b"second")
     assert target.read_bytes() == b"second"
+
+
+def test_normalizer_bgr_hands_the_network_reversed_channels_with_mean_std_in_that_order():
+    images = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    mean, std = [0.2, 0.4, 0.6], [0.1, 0.3, 0.5]  # in the network's (B, G, R) order
+    bgr = images.flip(-1).permute(0, 3, 1, 2).float()
+    expected = (bgr / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    for channels_last in (False, True):
+        runtime = Runtime(torch.device("cpu"), None, channels_last)
+        out = Normalizer.for_model({"mean": mean, "std": std, "channel_order": "bgr"}, runtime)(images)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    rgb = Normalizer.for_model({"mean": mean, "std": std}, Runtime(torch.device("cpu"), None, False))(images)  # older configs: rgb
+    assert not torch.allclose(rgb, expected)

@@ -13,7 +13,8 @@ from recallseg.engine.optim import build_optimizer, build_scheduler
 from recallseg.losses import LossContext, build_loss
 from recallseg.models import build_model
 
-GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+# loss_protocol holds per-loss settings that train.yaml picks by ${protocol}_${loss}, never chosen directly.
+GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_") and p.name != "loss_protocol")
 
 
 def options(group):
@@ -84,3 +85,12 @@ def test_overrides_reach_the_config():
     cfg = compose_train("loss=ce", "trainer.max_iters=7", "trainer.batch_size=3", "seed=5", "dataset.height=32")
     assert cfg.loss._target_.endswith("CrossEntropyLoss") and cfg.trainer.max_iters == 7 and cfg.trainer.batch_size == 3
     assert cfg.seed == 5 and cfg.dataset.seed == 5 and cfg.dataset.height == 32
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "loss_protocol").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_loss_protocol_file_names_a_protocol_and_a_loss_and_applies(path):
+    protocol, loss = path.stem.split("_", 1)
+    assert protocol in options("protocol") and loss in options("loss")
+    cfg = compose_train(f"protocol={protocol}", f"loss={loss}")
+    for key, value in OmegaConf.load(path).items():
+        assert cfg.loss[key] == value, key

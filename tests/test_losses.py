@@ -163,6 +163,26 @@ def lovasz_oracle(logits, target, classes="present", per_image=False):
     return mean_or_zero(group_losses, logits)
 
 
+def soft_iou_oracle(logits, target, classes="present", per_image=False):
+    """1 - mean over classes of sum(p * g) / sum(p + g - p * g), loops over the non-ignored pixels."""
+    log_probs, labels, images = pixels(logits, target)
+    probs = torch.exp(log_probs)
+    groups = sorted(set(images)) if per_image else [None]
+    group_losses = []
+    for group in groups:
+        members = [i for i, y in enumerate(labels) if y != IGNORE and (group is None or images[i] == group)]
+        if not members:
+            continue
+        ious = []
+        for c in range(C):
+            inter = sum(probs[i, c] * (labels[i] == c) for i in members)
+            union = sum(probs[i, c] + (labels[i] == c) - probs[i, c] * (labels[i] == c) for i in members)
+            if classes == "all" or any(labels[i] == c for i in members):
+                ious.append(inter / union)
+        group_losses.append(1.0 - sum(ious) / len(ious))
+    return mean_or_zero(group_losses, logits)
+
+
 def ohem_oracle(logits, target, thresh, min_kept):
     log_probs, labels, _ = pixels(logits, target)
     losses = {i: -log_probs[i, y] for i, y in enumerate(labels) if y != IGNORE}
@@ -209,6 +229,9 @@ CASES = [
         {"name": "lovasz", "classes": "all", "per_image": True},
         lambda x, t: lovasz_oracle(x, t, "all", per_image=True),
     ),
+    ("soft_iou", {"name": "soft_iou"}, soft_iou_oracle),
+    ("soft_iou_all_per_image", {"name": "soft_iou", "classes": "all", "per_image": True}, lambda x, t: soft_iou_oracle(x, t, "all", True)),
+    ("soft_iou_per_image", {"name": "soft_iou", "per_image": True}, lambda x, t: soft_iou_oracle(x, t, per_image=True)),
     ("ohem", {"name": "ohem", "thresh": 0.7, "min_kept": 5}, lambda x, t: ohem_oracle(x, t, 0.7, 5)),
     ("ohem_min_kept_rules", {"name": "ohem", "thresh": 0.05, "min_kept": 7}, lambda x, t: ohem_oracle(x, t, 0.05, 7)),
     ("ohem_thresh_only", {"name": "ohem", "thresh": 0.5, "min_kept": 0}, lambda x, t: ohem_oracle(x, t, 0.5, 0)),

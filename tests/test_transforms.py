@@ -142,21 +142,4 @@ def test_shipped_dataset_configs_build_and_meet_the_output_stride(trees, name, m
         assert dataset.ignore_index == 255 and len(dataset.classes) >= 3
 
 
-@pytest.mark.parametrize("experiment", ["synthia_paper", "cityscapes_paper"])
-def test_paper_experiments_compose_their_protocol(experiment):
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"])
-    assert cfg.model.arch == "DeepLabV3Plus" and cfg.model.encoder_name == "resnet18" and cfg.model.encoder_output_stride == 16
-    assert cfg.model.encoder_weights == "imagenet" and cfg.optimizer._target_ == "torch.optim.Adam" and cfg.trainer.batch_size == 6
-    if experiment == "synthia_paper":
-        assert cfg.optimizer.lr == 1e-3 and cfg.trainer.max_iters == 100_000 and cfg.scheduler._target_ == "recallseg.engine.optim.ConstantSchedule"
-        assert list(cfg.dataset.resize) == [384, 768] and cfg.dataset.train_transform is None and cfg.dataset.seed == 0
-        assert list(cfg.dataset.sequences) == ["SYNTHIA-SEQS-05-SUMMER"] and cfg.dataset.void_as_class
-    else:
-        assert cfg.optimizer.lr == 1e-4 and cfg.trainer.max_iters == 90_000 and cfg.scheduler._target_.endswith("ConstantSchedule")
-        crop = cfg.dataset.train_transform[0]
-        assert list(crop.scale) == [0.75, 2.0] and crop.height % 32 == 0
+# The paper experiments' protocol, row by row: tests/test_paper_protocol.py.

@@ -9,10 +9,22 @@ Neither comes with a train/val/test split. Like the paper's code, recallseg draw
 the seed and the set of files only, never on the order the file system lists them in. Note
 that frames of one time step seen by different cameras land in different splits (as in the
 paper): the Synthia test score measures interpolation within the sequence.
+
+Two procedures (``split_procedure``):
+
+- ``recallseg`` (default): one numpy permutation (``default_rng(seed)``) of all sorted pairs,
+  cut-offs rounded (``round(0.7 n)``, ``round(0.1 n)``), the rest test;
+- ``authors``: the paper code's procedure, per sequence and stereo side/camera directory:
+  python's ``random.seed(seed)``, ``random.shuffle`` of that directory's files, cut-offs
+  truncated (``int(0.7 n)``, ``int(0.1 n)``), the rest test. Their code shuffles the list that
+  ``glob`` returns, whose order is whatever the file system lists (not reproducible across
+  machines); recallseg shuffles the names sorted, which is their split on a file system that
+  lists names in order.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,6 +83,30 @@ def split_indices(num_items: int, split: str, seed: int, fractions: Sequence[flo
     return np.sort(order[bounds[0] : bounds[1]])
 
 
+SPLIT_PROCEDURES = ("recallseg", "authors")
+
+
+def authors_split(names: Sequence[str], split: str, seed: int, fractions: Sequence[float]) -> list[str]:
+    """The paper code's split of one directory's file ``names``: ``random.seed(seed)``, shuffle, ``int()`` cut-offs.
+
+    ``names`` are sorted first (see the module docstring). The global ``random`` state is left as it was.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    names = sorted(names)
+    if split == "all":
+        return names
+    state = random.getstate()
+    try:
+        random.seed(seed)
+        random.shuffle(names)
+    finally:
+        random.setstate(state)
+    n_train, n_val = int(fractions[0] * len(names)), int(fractions[1] * len(names))
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, len(names))}[split]
+    return names[bounds[0] : bounds[1]]
+
+
 def _names(values: Sequence[str] | str | None, prefix: str, allowed: Sequence[str], what: str) -> list[str]:
     """Normalise ``["Left", "Stereo_Right"]`` style names to the on-disk ones."""
     if values is None:
@@ -117,6 +153,9 @@ class Synthia(_SynthiaBase):
             (the class list keeps its 16 names so ids stay those of the files).
         seed: the split seed (the paper uses 0).
         split_fractions: train/val/test fractions.
+        split_procedure: ``recallseg`` (one permutation of all frames, rounded cut-offs) or
+            ``authors`` (the paper code's: per side/camera directory, ``random.seed`` + shuffle,
+            truncated cut-offs); see the module docstring.
         ignore_index: the value of ignored pixels (255).
         resize: optional ``[height, width]`` applied when loading (the paper: ``[384, 768]``).
         transform: optional albumentations-style transform.
@@ -138,8 +177,12 @@ class Synthia(_SynthiaBase):
         ignore_index: int = 255,
         resize: Sequence[int] | None = None,
         transform=None,
+        split_procedure: str = "recallseg",
     ):
         super().__init__(root, split, transform, resize, seed, split_fractions, ignore_index)
+        if split_procedure not in SPLIT_PROCEDURES:
+            raise ValueError(f"split_procedure must be one of {list(SPLIT_PROCEDURES)}, got {split_procedure!r}")
+        self.split_procedure = split_procedure
         if isinstance(sequences, str):
             sequences = [sequences]
         if not sequences:
@@ -153,12 +196,30 @@ class Synthia(_SynthiaBase):
         if not self.void_as_class:
             mapping[0] = self.ignore_index
         self.lookup = lookup_table(mapping, len(SEQS_CLASSES), self.ignore_index, self.mask_dtype())
-        self.samples = self._select(self._find_pairs())
+        pairs = self._find_pairs()
+        if self.split_procedure == "authors":
+            self.samples = self._select_per_directory(pairs)
+        else:
+            self.samples = self._select(pairs)
+
+    def _select_per_directory(self, pairs: list[tuple[str, Path, Path]]) -> list[Sample]:
+        """The paper code's split: each sequence/side/camera directory split on its own."""
+        if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or abs(sum(self.split_fractions) - 1) > 1e-6:
+            raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(self.split_fractions)}")
+        directories: dict[str, dict[str, tuple[Path, Path]]] = {}
+        for key, image, label in pairs:
+            directory, name = key.rsplit("/", 1)
+            directories.setdefault(directory, {})[name] = (image, label)
+        samples = []
+        for directory, files in directories.items():
+            for name in authors_split(list(files), self.split, self.seed, self.split_fractions):
+                samples.append(Sample(*files[name]))
+        return samples
 
     def options(self) -> dict[str, Any]:
         return {
             "sequences": self.sequences, "sides": self.sides, "cameras": self.cameras, "void_as_class": self.void_as_class,
-            "seed": self.seed, "split_fractions": self.split_fractions,
+            "seed": self.seed, "split_fractions": self.split_fractions, "split_procedure": self.split_procedure,
         }  # fmt: skip
 
     def _find_pairs(self) -> list[tuple[str, Path, Path]]:
@@ -256,4 +317,4 @@ class SynthiaRandCityscapes(_SynthiaBase):
         return self.lookup[raw]
 
 
-__all__ = ["Synthia", "SynthiaRandCityscapes", "split_indices", "DatasetError"]
+__all__ = ["Synthia", "SynthiaRandCityscapes", "authors_split", "split_indices", "DatasetError"]

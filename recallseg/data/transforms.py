@@ -156,18 +156,26 @@ class RandomScaleCrop(A.DualTransform):
 
     Args:
         height, width: output size.
-        scale: ``[min, max]`` scale factor, drawn uniformly (the paper: 0.75-2.0).
+        scale: ``[min, max]`` scale factor, drawn uniformly.
+        scales: a list of scale factors to draw one from, with equal chances, instead of
+            ``scale`` (the paper's code: 0.75, 1.0, 1.25, 1.5, 1.75, 2.0).
         fill: image padding value; ``fill_mask``: mask padding value (the ignore index).
 
     Always applied (the output size must not depend on chance); ``scale: [1, 1]`` only crops.
     """
 
-    def __init__(self, height: int, width: int, scale: Sequence[float] = (0.75, 2.0), fill: int = 0, fill_mask: int = 255):
+    def __init__(
+        self, height: int, width: int, scale: Sequence[float] = (0.75, 2.0), fill: int = 0, fill_mask: int = 255,
+        scales: Sequence[float] | None = None,
+    ):
         super().__init__(p=1.0)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise ValueError(f"RandomScaleCrop scale must be [min, max] with 0 < min <= max, got {scale}")
+        if scales is not None and (len(scales) == 0 or min(float(v) for v in scales) <= 0):
+            raise ValueError(f"RandomScaleCrop scales must be a non-empty list of positive factors, got {scales}")
         self.height, self.width = int(height), int(width)
         self.scale = (float(scale[0]), float(scale[1]))
+        self.scales = None if scales is None else tuple(float(v) for v in scales)
         self.fill, self.fill_mask = fill, fill_mask
         self.border_mode = cv2.BORDER_CONSTANT
 
@@ -183,7 +191,7 @@ class RandomScaleCrop(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         image_height, image_width = params["shape"][:2]
-        scale = self.py_random.uniform(*self.scale)
+        scale = self.py_random.choice(self.scales) if self.scales is not None else self.py_random.uniform(*self.scale)
         src_rows, out_rows = self._axis(image_height, self.height, scale)
         src_cols, out_cols = self._axis(image_width, self.width, scale)
         return {"source": (src_rows, src_cols), "target": (out_rows, out_cols), "scale": scale}
@@ -205,4 +213,4 @@ class RandomScaleCrop(A.DualTransform):
         return self._apply(mask, source, target, cv2.INTER_NEAREST, self.fill_mask)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("height", "width", "scale", "fill", "fill_mask")
+        return ("height", "width", "scale", "fill", "fill_mask", "scales")

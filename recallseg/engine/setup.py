@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data.base import SegmentationDataset
 from ..data.builder import build_dataset
-from ..data.statistics import cached_class_pixel_counts, read_statistics
+from ..data.statistics import ClassStatistics, cached_class_statistics, read_statistics_file
 from ..errors import ConfigError
 from ..losses import LossContext, SegmentationLoss, build_loss
 from ..models import build_model
@@ -40,20 +40,36 @@ class TrainingParts:
     normalizer: Normalizer
 
 
-def training_class_pixel_counts(cfg: DictConfig, num_classes: int):
-    """A function giving the training split's per-class pixel counts (computed once, cached); losses call it if they need it."""
+def training_class_statistics(cfg: DictConfig, num_classes: int, classes: list[str] | None = None):
+    """A function giving the training split's ``ClassStatistics`` (computed once, cached); losses call it if they need it.
 
-    def counts() -> torch.Tensor:
+    ``dataset.stats_file`` is used when set (and refused when it was computed for another dataset
+    config); otherwise the statistics are read from, or computed into, the cache. The run's log
+    says which statistics it uses.
+    """
+    memo: list[ClassStatistics] = []
+
+    def statistics() -> ClassStatistics:
+        if memo:
+            return memo[0]
         dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+        split = dataset_cfg["train_split"]
         if dataset_cfg["stats_file"]:
-            return read_statistics(dataset_cfg["stats_file"], num_classes)
-        raw = build_dataset(dataset_cfg, dataset_cfg["train_split"], transform=None)
-        # The counts depend on the labels only: leave out transforms, evaluation splits and caching.
-        unrelated = ("train_transform", "val_transform", "split", "val_split", "cache", "cache_dir", "size_divisor")
-        key_cfg = {k: v for k, v in dataset_cfg.items() if k not in unrelated}
-        return cached_class_pixel_counts(raw, key_cfg, dataset_cfg["train_split"], cfg.paths.cache_dir, cfg.trainer.num_workers)
+            stats = read_statistics_file(dataset_cfg["stats_file"], num_classes, dataset_cfg, split, classes)
+        else:
+            raw = build_dataset(dataset_cfg, split, transform=None)  # the labels themselves: no augmentation
+            stats = cached_class_statistics(raw, dataset_cfg, split, cfg.paths.cache_dir, cfg.trainer.num_workers)
+        log.info("class statistics of the %s split (%d labelled pixels): %s", split, int(stats.pixel_counts.sum()), stats.source)
+        memo.append(stats)
+        return stats
 
-    return counts
+    return statistics
+
+
+def training_class_pixel_counts(cfg: DictConfig, num_classes: int):
+    """A function giving the training split's per-class pixel counts (see ``training_class_statistics``)."""
+    statistics = training_class_statistics(cfg, num_classes)
+    return lambda: statistics().pixel_counts
 
 
 def check_class_names(classes: list[str], other: list[str], where: str) -> None:
@@ -75,7 +91,8 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
     module = build_model(cfg.model, len(classes)).to(device)
     if runtime.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    if tcfg.sync_batchnorm and device.type != "cuda":
+    # One process already normalises over its whole batch: sync_batchnorm only matters with several.
+    if tcfg.sync_batchnorm and runtime.distributed and device.type != "cuda":
         raise ConfigError("trainer.sync_batchnorm", "needs CUDA (PyTorch's SyncBatchNorm)", "on CPU use trainer.freeze_batchnorm=true")
     if runtime.distributed and tcfg.sync_batchnorm:
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
@@ -86,7 +103,8 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
         # anyway); from here on each rank draws its own dropout masks.
         torch.manual_seed(cfg.seed + 7919 * runtime.rank)
 
-    context = LossContext(len(classes), train_set.ignore_index, class_pixel_counts=training_class_pixel_counts(cfg, len(classes)))
+    statistics = training_class_statistics(cfg, len(classes), classes)
+    context = LossContext(len(classes), train_set.ignore_index, class_statistics=statistics)
     criterion = build_loss(cfg.loss, context).to(device)
     if tcfg.cuda_graph:
         check_graph_support(runtime, tcfg.nonfinite, cfg.optimizer._target_)
@@ -99,7 +117,7 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
         device.type, init_scale=2.0**16 if scaling else 1.0, growth_interval=2000 if scaling else 2**31 - 1,
         enabled=scaling or tcfg.nonfinite == "skip",
     )  # fmt: skip
-    normalizer = Normalizer(cfg.model.mean, cfg.model.std, runtime)
+    normalizer = Normalizer.for_model(cfg.model, runtime)
     return TrainingParts(train_set, val_set, model, module, criterion, optimizer, scheduler, scaler, normalizer)
 
 

@@ -24,5 +24,6 @@ from .lovasz import LovaszLoss
 from .ohem import OhemCrossEntropyLoss
 from .class_balanced import ClassBalancedCrossEntropyLoss
 from .combined import CombinedLoss
+from .soft_iou import SoftIoULoss
 
-__all__ += ["FocalLoss", "LovaszLoss", "OhemCrossEntropyLoss", "ClassBalancedCrossEntropyLoss", "CombinedLoss"]
+__all__ += ["FocalLoss", "LovaszLoss", "OhemCrossEntropyLoss", "ClassBalancedCrossEntropyLoss", "CombinedLoss", "SoftIoULoss"]

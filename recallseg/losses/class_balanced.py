@@ -14,12 +14,18 @@ class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
     """Cross entropy weighted by the inverse effective number of samples of each class.
 
     ``w_c = (1 - beta) / (1 - beta ** n_c)`` with ``n_c`` the pixel count of class c in the
-    *training* split (from ``LossContext.class_pixel_counts()``, never the validation split),
+    *training* split (from the ``LossContext``'s class statistics, never the validation split),
     normalised to mean 1 over the classes present; a class with no training pixels gets 0.
-    ``beta = 0`` weighs all present classes equally; ``beta -> 1`` tends to inverse frequency.
-    Pixel counts are large (millions per class), so ``1 - beta ** n_c`` saturates at 1 unless
-    ``beta`` is very close to 1: with ``beta = 0.999`` every class above ~5000 pixels gets
-    the same weight, and the loss is nearly plain CE. Try 0.99999 or more on real data.
+
+    ``beta = "auto"`` (the default) is ``(N - 1) / N`` with N the labelled pixels of the training
+    split, the choice of the recall-loss paper's code. Then ``beta ** n_c ~ exp(-n_c / N)`` and
+    ``w_c ~ 1 / (1 - exp(-f_c))`` with ``f_c`` the class frequency: close to inverse frequency
+    for rare classes, flatter for frequent ones. A fixed beta such as Cui et al.'s 0.999 was
+    chosen for *image* counts; on *pixel* counts (millions per class) ``beta ** n_c`` vanishes:
+    it is below 0.7% for every class above 5,000 pixels, and ``1 - beta ** n_c`` rounds to
+    exactly 1 in double precision above ~37,000 pixels. Every class then gets the same weight
+    and the loss is plain cross entropy. ``beta = 0`` weighs all present classes
+    equally; ``beta -> 1`` tends to inverse frequency.
 
     Args:
         num_classes: number of classes C.
@@ -30,7 +36,7 @@ class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
 
         kernel: ``"torch"``, ``"triton"`` or ``"auto"``, as for recall loss.
 
-    YAML options: ``beta``, ``normalize`` and ``kernel``.
+    YAML options: ``beta`` (a number in [0, 1) or ``auto``), ``normalize`` and ``kernel``.
 
     Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar.
 
@@ -50,6 +56,6 @@ class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
                 "class_balanced needs the training split's class pixel counts; "
                 "build it through the trainer (a dataset) or use loss=weighted_ce with loss.weights=[...]"
             )
-        beta = float(options.pop("beta", 0.999))
+        beta = options.pop("beta", "auto")
         weights = class_weights_from_counts(context.class_pixel_counts(), mode="effective_number", beta=beta)
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=weights.tolist(), **options)

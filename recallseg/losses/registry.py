@@ -48,6 +48,14 @@ class LossContext:
     ignore_index: int = 255
     # Returns per-class pixel counts of the *training* split (computed once and cached).
     class_pixel_counts: Callable[[], torch.Tensor] | None = None
+    # Returns the training split's ``data.statistics.ClassStatistics`` (pixel counts and, per
+    # class, the labelled pixels of the images containing it); gives ``class_pixel_counts`` too.
+    class_statistics: Callable[[], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_pixel_counts is None and self.class_statistics is not None:
+            statistics = self.class_statistics
+            self.class_pixel_counts = lambda: statistics().pixel_counts
 
 
 class SegmentationLoss(nn.Module):

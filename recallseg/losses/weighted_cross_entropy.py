@@ -1,17 +1,20 @@
-"""Cross entropy with fixed per-class weights (inverse, median or effective-number frequency)."""
+"""Cross entropy with fixed per-class weights (inverse, median-count, median-frequency or effective-number)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .class_weights import class_weights_from_counts
+from .class_weights import RENAMED_MODES, WEIGHT_MODES, class_weights_from_counts
 from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
 from .registry import LossContext, SegmentationLoss
+
+log = logging.getLogger(__name__)
 
 
 def read_weights_file(path: str | Path) -> list[float]:
@@ -43,7 +46,10 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
     pixels, as ``torch.nn.CrossEntropyLoss(weight=w)`` computes it; set ``normalize: pixels``
     to divide by the number of non-ignored pixels instead. From YAML the weights come from
     ``weights`` (a list), ``weights_file``, or, by default, from the training split's
-    pixel counts with ``mode`` = inverse | median | effective_number (and ``beta``).
+    statistics with ``mode`` = inverse | median_count | median_frequency | effective_number (and
+    ``beta``); see ``class_weights.class_weights_from_counts``. ``median_count`` is
+    ``median(n) / n_c`` (the paper's code; inverse frequency up to a constant), ``median_frequency``
+    Eigen & Fergus's rule over the images in which each class appears.
     ``kernel`` is ``"torch"``, ``"triton"`` or ``"auto"``, as for recall loss (``fused_statistics``).
     """
 
@@ -70,8 +76,8 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
     @classmethod
     def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "WeightedCrossEntropyLoss":
         options = dict(options)
-        mode = options.pop("mode", "median")
-        beta = options.pop("beta", 0.999)
+        mode = options.pop("mode", "median_count")
+        beta = options.pop("beta", "auto")
         weights = options.pop("weights", None)
         weights_file = options.pop("weights_file", None)
         unknown = sorted(set(options) - {"normalize", "kernel"})
@@ -85,7 +91,16 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         if weights is None:
             if context.class_pixel_counts is None:
                 raise ValueError("weighted_ce needs class weights: give loss.weights, loss.weights_file, or train on a dataset")
-            weights = class_weights_from_counts(context.class_pixel_counts(), mode=mode, beta=beta)
+            if mode not in WEIGHT_MODES and mode not in RENAMED_MODES:
+                raise ValueError(f"unknown loss.mode {mode!r}; choose one of {list(WEIGHT_MODES)}")
+            if mode in RENAMED_MODES:
+                log.warning("loss.mode=%s is now called %s (median(n) / n_c); use that name", mode, RENAMED_MODES[mode])
+            image_pixels = None
+            if mode == "median_frequency":
+                if context.class_statistics is None:
+                    raise ValueError("weighted_ce mode median_frequency needs the training split's class statistics; train on a dataset")
+                image_pixels = context.class_statistics().image_pixels
+            weights = class_weights_from_counts(context.class_pixel_counts(), mode=mode, beta=beta, image_pixels=image_pixels)
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=list(map(float, weights)), **options)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
