@@ -98,7 +98,8 @@ def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:
         raise ConfigError("command line", " ".join(str(error).split()), "write overrides as key=value") from None
-    if not any(o.key_or_group == "output_dir" for o in parsed):
+    needs_output_dir = "\noutput_dir:" in (config_dir() / f"{config_name}.yaml").read_text()
+    if needs_output_dir and not any(o.key_or_group == "output_dir" for o in parsed):
         overrides = [*overrides, "output_dir=unused"]  # ${hydra:...} cannot resolve outside a Hydra run
     GlobalHydra.instance().clear()
     with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
@@ -124,7 +125,7 @@ def _is_group(override: str) -> bool:
     return "." not in key and (config_dir() / key.split("@")[0]).is_dir()
 
 
-def _runs_a_job(argv: list[str]) -> bool:
+def runs_a_job(argv: list[str]) -> bool:
     return not any(arg.split("=", 1)[0] in HYDRA_FLAGS for arg in argv)
 
 
@@ -163,7 +164,7 @@ def train_main() -> None:
     from .schema import validate_train_config
 
     argv = sys.argv[1:]
-    if _runs_a_job(argv):
+    if runs_a_job(argv):
         with user_errors():
             validate_train_config(compose_checked("train", argv))
             run_dirs = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == "hydra.run.dir"]
@@ -206,7 +207,7 @@ def eval_main() -> None:
     from .schema import validate_eval_config
 
     own, stored = split_eval_arguments(sys.argv[1:])
-    if _runs_a_job(own):
+    if runs_a_job(own):
         with user_errors():
             eval_cfg = compose_checked("eval", own)
             validate_eval_config(eval_cfg)
