@@ -20,9 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .config_files import config_dir
+from .config_help import render_help
 from .errors import ConfigError, UserError, nearest
 
 CONFIG_PATH = str(config_dir())
+# --help renders the groups and options from the YAML files (configs/hydra/help/recallseg.yaml).
+OmegaConf.register_new_resolver("recallseg_help", lambda name, choices: render_help(name, choices), replace=True)
 # Hydra's own flags: with these the command does not run a job (help, config printing) or sweeps.
 HYDRA_FLAGS = (
     "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-p", "--package", "--resolve", "-sc", "--shell-completion",
