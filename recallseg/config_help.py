@@ -160,7 +160,7 @@ def options_help(config_dir: str | Path | list, config_name: str, choices: Mappi
                 own.append((key, value, comment))
         sections.insert(0, (f"{config_name}.yaml" + (f": {header}" if header else ""), own))
     for title, options in sections:
-        shown = [(k, v, c) for k, v, c in options if not k.endswith("_target_")]
+        shown = [(k, v, c) for k, v, c in options if not k.endswith("_target_") and (v != "" or c)]
         if not shown:
             continue
         lines += ["", title]

@@ -100,10 +100,10 @@ def write_statistics(path: str | Path, dataset: SegmentationDataset, counts: tor
 
 
 def read_statistics(path: str | Path, num_classes: int) -> torch.Tensor:
-    """Pixel counts from a JSON file written by ``write_statistics`` or ``scripts/class_stats.py``."""
+    """Pixel counts from a JSON file written by ``write_statistics`` or ``recallseg-class-stats``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class statistics file {path} does not exist; run scripts/class_stats.py or unset dataset.stats_file")
+        raise FileNotFoundError(f"class statistics file {path} does not exist; run recallseg-class-stats or unset dataset.stats_file")
     counts = json.loads(path.read_text()).get("pixel_counts")
     if counts is None or len(counts) != num_classes:
         raise ValueError(f"class statistics file {path} must hold 'pixel_counts' with {num_classes} entries, got {counts!r}")
