@@ -35,7 +35,7 @@ def torch_logits(checkpoint, frames):
 
     loaded = CheckpointModel(checkpoint, "cpu", "off")
     with torch.no_grad():
-        return loaded.model(Normalizer(loaded.mean, loaded.std, loaded.runtime)(frames)).numpy()
+        return loaded.model(Normalizer(loaded.mean, loaded.std, loaded.runtime, loaded.channel_order)(frames)).numpy()
 
 
 def test_raw_input_export_matches_pytorch_at_another_size(checkpoint, frames, tmp_path, capsys):
@@ -80,3 +80,18 @@ def test_bad_arguments_are_one_line(checkpoint, tmp_path, capsys):
     assert "did you mean opset?" in capsys.readouterr().err
     assert main([f"checkpoint={checkpoint}", f"output={tmp_path / 'm.txt'}"]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
+
+
+def test_the_baked_input_step_is_recallsegs_for_either_channel_order(frames):
+    """DeployedNetwork(raw_input) == runtime.Normalizer, also for a network trained on BGR."""
+    from recallseg.engine.runtime import Normalizer, Runtime
+    from recallseg.tools.export import DeployedNetwork
+
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    runtime = Runtime(torch.device("cpu"), None, False)
+    for order in ("rgb", "bgr"):
+        deployed = DeployedNetwork(torch.nn.Identity(), mean, std, order, raw_input=True)
+        expected = Normalizer(mean, std, runtime, order)(frames)
+        assert torch.allclose(deployed(frames), expected, atol=1e-5), order
+    by_hand = (frames.permute(0, 3, 1, 2).double().flip(1) / 255 - torch.tensor(mean).double().view(1, 3, 1, 1)) / torch.tensor(std).double().view(1, 3, 1, 1)
+    assert torch.allclose(Normalizer(mean, std, runtime, "bgr")(frames).double(), by_hand, atol=1e-4)

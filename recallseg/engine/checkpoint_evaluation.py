@@ -92,7 +92,7 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     )  # fmt: skip
     batch_size = evaluation["batch_size"] or trainer.get("batch_size", 1)
     loader = evaluation_loader(samples, batch_size, evaluation["num_workers"], runtime.rank, runtime.world_size, pin_memory=runtime.device.type == "cuda")
-    normalizer = Normalizer(cfg.model.mean, cfg.model.std, runtime)
+    normalizer = Normalizer(cfg.model.mean, cfg.model.std, runtime, cfg.model.get("channel_order", "rgb"))
 
     def save(prediction: torch.Tensor, index: int, batch: dict) -> None:
         image = batch["source_image"][batch["index"].index(index)] if writer.needs_image else None

@@ -115,8 +115,9 @@ class Normalizer:
     the model runs channels-first.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], runtime: Runtime):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], runtime: Runtime, channel_order: str = "rgb"):
         self.runtime = runtime
+        self.bgr = channel_order == "bgr"  # batches arrive RGB; a network trained on BGR gets them reordered
         mean_t = torch.tensor(mean, dtype=torch.float32, device=runtime.device).view(1, 3, 1, 1) * 255.0
         std_t = torch.tensor(std, dtype=torch.float32, device=runtime.device).view(1, 3, 1, 1) * 255.0
         self.scale = 1.0 / std_t
@@ -124,6 +125,8 @@ class Normalizer:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.runtime.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if self.bgr:
+            x = x.flip(1)
         x = torch.addcmul(self.shift, x, self.scale)
         if self.runtime.channels_last:
             return x.contiguous(memory_format=torch.channels_last)

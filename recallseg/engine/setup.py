@@ -99,7 +99,7 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
         device.type, init_scale=2.0**16 if scaling else 1.0, growth_interval=2000 if scaling else 2**31 - 1,
         enabled=scaling or tcfg.nonfinite == "skip",
     )  # fmt: skip
-    normalizer = Normalizer(cfg.model.mean, cfg.model.std, runtime)
+    normalizer = Normalizer(cfg.model.mean, cfg.model.std, runtime, cfg.model.get("channel_order", "rgb"))
     return TrainingParts(train_set, val_set, model, module, criterion, optimizer, scheduler, scaler, normalizer)
 
 

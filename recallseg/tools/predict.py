@@ -71,7 +71,7 @@ def predict(cfg) -> list[Path]:
     settings = InferenceSettings.from_config(OmegaConf.to_container(cfg.inference, resolve=True))
     loaded = CheckpointModel(cfg.checkpoint, cfg.device, cfg.amp)
     runtime, model, classes = loaded.runtime, loaded.model, loaded.classes
-    normalizer = Normalizer(loaded.mean, loaded.std, runtime)
+    normalizer = Normalizer(loaded.mean, loaded.std, runtime, loaded.channel_order)
     infer = Inference(settings)
     names = [name for _, name in images]
     palette = loaded.palette()
