@@ -136,8 +136,8 @@ class Trainer:
             path, state = found
         else:  # on the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device
             path, state = Path(resume), load_checkpoint(resume, map_location="cpu")
-            require_training_state(state, path)
         require_finite_weights(state, path)
+        require_training_state(state, path)  # best.pt holds the model only
         new = OmegaConf.to_container(self.cfg, resolve=True)
         changes = check_resumable(path, state.get("config", {}), new, state.get("classes", self.classes), self.classes)
         self.load_state_dict(state)
