@@ -21,9 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .config_files import config_dir
+from .config_help import render_help
 from .errors import ConfigError, UserError, nearest
 
 CONFIG_PATH = str(config_dir())
+# --help renders the groups and options from the YAML files (configs/hydra/help/recallseg.yaml).
+OmegaConf.register_new_resolver("recallseg_help", lambda name, choices: render_help(name, choices), replace=True)
 # Hydra's own flags: with these the command does not run a job (help, config printing) or sweeps.
 HYDRA_FLAGS = (
     "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-p", "--package", "--resolve", "-sc", "--shell-completion",
@@ -114,7 +117,8 @@ def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:
         raise ConfigError("command line", " ".join(str(error).split()), "write overrides as key=value") from None
-    if not any(o.key_or_group == "output_dir" for o in parsed):
+    needs_output_dir = "\noutput_dir:" in (config_dir() / f"{config_name}.yaml").read_text()
+    if needs_output_dir and not any(o.key_or_group == "output_dir" for o in parsed):
         overrides = [*overrides, "output_dir=unused"]  # ${hydra:...} cannot resolve outside a Hydra run
     GlobalHydra.instance().clear()
     with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
@@ -140,7 +144,7 @@ def _is_group(override: str) -> bool:
     return "." not in key and (config_dir() / key.split("@")[0]).is_dir()
 
 
-def _runs_a_job(argv: list[str]) -> bool:
+def runs_a_job(argv: list[str]) -> bool:
     return not any(arg.split("=", 1)[0] in HYDRA_FLAGS for arg in argv)
 
 
@@ -179,7 +183,7 @@ def train_main() -> None:
     from .schema import validate_train_config
 
     argv = sys.argv[1:]
-    if _runs_a_job(argv):
+    if runs_a_job(argv):
         with user_errors():
             validate_train_config(compose_checked("train", argv))
             run_dirs = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == "hydra.run.dir"]
@@ -222,7 +226,7 @@ def eval_main() -> None:
     from .schema import validate_eval_config
 
     own, stored = split_eval_arguments(sys.argv[1:])
-    if _runs_a_job(own):
+    if runs_a_job(own):
         with user_errors():
             eval_cfg = compose_checked("eval", own)
             validate_eval_config(eval_cfg)

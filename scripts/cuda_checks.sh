@@ -11,16 +11,8 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 echo "== CUDA tests (host-sync checks, AMP default)"
 python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_losses.py -k "cuda or sync or Cuda" 2>&1 | tail -15
 
-echo "== training-step benchmark"
-python scripts/benchmark.py --device cuda --json "$RESULTS/benchmark.json"
-
-echo "== loss-only benchmark"
-python scripts/benchmark_losses.py --device cuda --json "$RESULTS/loss_benchmark.json" 2>&1 | tail -20
-
-if [ -f scripts/benchmark_inference.py ]; then
-  echo "== inference benchmark"
-  python scripts/benchmark_inference.py --device cuda --json "$RESULTS/inference_benchmark.json" 2>&1 | tail -12
-fi
+echo "== benchmarks: the trainer's step, the losses alone, inference"
+python scripts/benchmark.py --sections step,loss,inference --device cuda --json "$RESULTS/benchmark.json" 2>&1 | tail -40
 
 echo "== the README's first command on the GPU"
 /usr/bin/time -f "wall %e s" python train.py loss=recall trainer.num_workers=6 hydra.run.dir="$RESULTS/run_recall" 2>&1 | grep -v "it/s\]" | tail -16

@@ -1,17 +1,13 @@
-"""scripts/predict.py: colour masks and overlays for arbitrary images, clear errors for bad input."""
-
-import sys
+"""recallseg-predict (scripts/predict.py): colour masks and overlays for arbitrary images, clear errors for bad input."""
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, run_entry_point
+from conftest import run_entry_point
 from model_checkpoints import write_checkpoint
 from recallseg.data.synthetic import CLASSES, PALETTE, SyntheticStreets
-
-sys.path.insert(0, str(REPO / "scripts"))
-import predict  # noqa: E402  (scripts/predict.py)
+from recallseg.tools import predict
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ argument, except the reserved keys below, which the builder consumes:
 - ``train_transform`` / ``val_transform``: transform specs (see ``transforms.py``);
 - ``split``: the split that evaluation scores (``val`` by default, ``test`` possible);
 - ``train_split`` / ``val_split``: the splits that training uses and validates on (``train``, ``val``);
-- ``stats_file``: class statistics JSON (``scripts/class_stats.py``) used instead of computing counts;
+- ``stats_file``: class statistics JSON (``recallseg-class-stats``) used instead of computing counts;
 - ``cache``: true to keep decoded frames in a memory-mapped cache (see ``cache.py``);
 - ``cache_dir``: where the cache lives (``$RECALLSEG_CACHE`` or ``.cache/recallseg``);
 - ``size_divisor``: the model's output stride (e.g. 32): fixed crop/resize sizes must be

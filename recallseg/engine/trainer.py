@@ -23,6 +23,7 @@ from ..metrics import format_table, metrics_from_confusion
 from ..atomic_files import remove_orphaned_temporaries
 from ..run_directory import check_writable
 from .checkpoint import first_nonfinite, load_checkpoint, require_finite_weights, save_checkpoint
+from .checkpoint_contents import for_inference, require_training_state
 from .cuda_graph import GraphedStep
 from .evaluation import evaluate
 from .evaluation_data import evaluation_loader, evaluation_samples
@@ -33,6 +34,7 @@ from .resume_changes import apply_optimizer_options, check_resumable
 from .resume_choice import RunRefused, newest_resumable, reconciled_best_score, refuse_existing_run  # noqa: F401 (RunRefused: re-exported)
 from .runtime import Runtime, init_runtime, seed_everything, to_target
 from .setup import build_training, describe_parts
+from .tensorboard_images import ValidationPictures, trainer_predictor
 from .signals import Interruptible, Interrupted, StopAgreement, StopRequested, StopSignal
 from .training_log import TrainingLogger, TrainingWindow, console_loggers
 
@@ -69,6 +71,7 @@ class Trainer:
         # Validation scores exactly as evaluate.py does (engine.evaluation_data), with cfg.inference.
         self.validation_samples = evaluation_samples(cfg.dataset, self.val_set, cfg.evaluation.full_resolution)
         self.inference = Inference(InferenceSettings.from_config(cfg.inference))
+        self.pictures = ValidationPictures(self.val_set, self.classes) if self.runtime.is_main else None  # TensorBoard images
 
     # -- checkpoints --
     def state_dict(self, rng_per_rank: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
@@ -134,6 +137,7 @@ class Trainer:
         else:  # on the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device
             path, state = Path(resume), load_checkpoint(resume, map_location="cpu")
         require_finite_weights(state, path)
+        require_training_state(state, path)  # best.pt holds the model only
         new = OmegaConf.to_container(self.cfg, resolve=True)
         changes = check_resumable(path, state.get("config", {}), new, state.get("classes", self.classes), self.classes)
         self.load_state_dict(state)
@@ -152,7 +156,8 @@ class Trainer:
                 "Lower optimizer.lr, set trainer.grad_clip, or check the data."
             )
         path = self.checkpoint_dir / name
-        save_checkpoint(self.state_dict(rng_per_rank, **extra), path)
+        state = self.state_dict(rng_per_rank, **extra)
+        save_checkpoint(for_inference(state) if name == "best.pt" else state, path)  # best.pt: no optimizer state
         if name == "last.pt":
             self._saved_at = self.iteration
         return path
@@ -310,6 +315,7 @@ class Trainer:
         rng_per_rank = gather_rng_states(rng_state(), self.runtime.distributed, self.runtime.world_size)
         if self.runtime.is_main:
             log_metrics(self.writer, metrics, self.iteration)
+            self.pictures.log(self.writer, trainer_predictor(self.module, self.normalizer, self.runtime, self.inference), self.iteration, metrics)
             log.info(
                 "val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f  mPrecision %.4f",
                 self.iteration, metrics["mIoU"], metrics["mAcc"], metrics["aAcc"], metrics["mPrecision"],

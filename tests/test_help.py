@@ -1,0 +1,43 @@
+"""--help of every command: config groups with their choices and the options with the comments
+their config files give them (read from the files, so the help cannot drift)."""
+
+import pytest
+
+from conftest import CONFIG_DIR, run_entry_point
+from recallseg.config_help import documented_options, options_help
+from recallseg.tools import benchmark, compare_losses
+
+
+def test_options_and_their_comments_are_read_from_yaml():
+    text = "# A file.\ndefaults:\n  - x: y\nalpha: 1  # the first\n# about beta,\n# on two lines\nbeta:\n  gamma: [1, 2]   # nested\n  delta: 3\nhydra:\n  run: {dir: x}\n"
+    header, options = documented_options(text, "loss")
+    assert header == "A file."
+    assert options == [("loss.alpha", "1", "the first"), ("loss.beta", "", "about beta, on two lines"), ("loss.beta.gamma", "[1, 2]", "nested"), ("loss.beta.delta", "3", "")]
+
+
+def test_the_options_follow_the_chosen_group():
+    text = options_help(str(CONFIG_DIR), "train", {"loss": "focal", "trainer": "default", "hydra/help": "recallseg"})
+    assert "loss/focal.yaml: Focal loss" in text and "loss.gamma=2.0" in text and "loss.statistics" not in text
+    amp = next(line for line in (CONFIG_DIR / "trainer" / "default.yaml").read_text().splitlines() if line.startswith("amp:"))
+    assert f"trainer.amp=auto" in text and amp.split("# ", 1)[1] in text  # the file's own words
+
+
+@pytest.mark.parametrize("script, expected", [
+    ("train.py", ["loss: ce, class_balanced", "dataset: cityscapes, folder, synthetic", "trainer.max_iters=400", "loss.kernel=torch", "trainer.device=auto             auto | cpu | cuda"]),
+    ("evaluate.py", ["checkpoint=???", "inference.mode=whole", "whole | slide", "predictions.format=color"]),
+    ("scripts/class_stats.py", ["split=null", "null: the dataset's train_split", "dataset: cityscapes"]),
+])  # fmt: skip
+def test_hydra_commands_help(script, expected):
+    out = run_entry_point(script, "--help").stdout
+    for text in expected:
+        assert text in out, text
+    assert "powered by Hydra" not in out
+
+
+def test_argparse_tools_answer_help(capsys):
+    for main in (compare_losses.main, benchmark.main):
+        with pytest.raises(SystemExit) as exit:
+            main(["--help"])
+        assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "--losses" in out and "--summarize" in out and "SECTION" in out and "inference" in out

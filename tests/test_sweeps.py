@@ -1,0 +1,56 @@
+"""Sweeps on Hydra launchers (joblib: parallel runs on this machine; submitit: SLURM, here its
+local stand-in) and the loss comparison on top of them."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONFIG_DIR, TINY_OVERRIDES, read_json, run_entry_point
+from recallseg.tools import compare_losses
+
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+
+
+def test_sweeps_go_under_outputs_like_single_runs():
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("train", return_hydra_config=True).hydra, resolve=False)
+    assert cfg["sweep"]["dir"].startswith("outputs/multirun/") and cfg["run"]["dir"].startswith("outputs/")
+
+
+def test_the_comparison_keeps_the_order_given(tmp_path):
+    rows = [{"loss": loss, "seed": seed} for loss in ("ce", "focal", "recall") for seed in (1, 0)]
+    assert [(r["loss"], r["seed"]) for r in compare_losses.in_order(rows, ["recall", "ce"])] == [
+        ("recall", 0), ("recall", 1), ("ce", 0), ("ce", 1), ("focal", 0), ("focal", 1),
+    ]  # fmt: skip
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - loss=recall,ce\n    - seed=0\n")
+    assert compare_losses.swept_losses(tmp_path) == ["recall", "ce"]
+    command = compare_losses.sweep_command(["recall", "ce"], ["0"], tmp_path, ["trainer.max_iters=2"], "joblib")
+    assert "loss=recall,ce" in command and "hydra/launcher=joblib" in command and command[-1] == "trainer.max_iters=2"
+
+
+@pytest.mark.slow
+def test_compare_losses_runs_two_jobs_in_parallel_on_joblib(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECALLSEG_CACHE", str(tmp_path / "cache"))
+    sweep = tmp_path / "sweep"
+    compare_losses.main(["--losses", "recall,ce", "--launcher", "joblib", "--out", str(sweep), "--", *TINY_OVERRIDES, "hydra.launcher.n_jobs=2"])
+    for loss in ("recall", "ce"):
+        assert read_json(sweep / f"{loss}_seed0" / "metrics.json")["iteration"] == 2
+    table = (sweep / "comparison.md").read_text()
+    assert table.index("| recall |") < table.index("| ce |")  # the order given, not alphabetical
+    assert (sweep / "comparison.png").is_file()
+    assert "Joblib" in (sweep / "multirun.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_a_two_job_sweep_on_submitit_local(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    run_entry_point(
+        "train.py", "-m", "loss=ce,recall", *TINY_OVERRIDES, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra:runtime.choices.loss}", env={"RECALLSEG_CACHE": str(tmp_path / "cache")}, cwd=tmp_path,
+    )  # fmt: skip
+    for loss in ("ce", "recall"):
+        assert read_json(sweep / loss / "metrics.json")["iteration"] == 2
+        assert (sweep / loss / "checkpoints" / "best.pt").is_file()
+    assert list((sweep / ".submitit").rglob("*_result.pkl"))  # the jobs ran through submitit
