@@ -26,6 +26,7 @@ def test_every_section_runs_and_writes_one_json(tmp_path, monkeypatch):
     assert [row["name"] for row in result["inference"]] == ["whole", "slide", "whole + flip", "whole + flip + 3 scales"]
 
 
+@pytest.mark.slow
 def test_the_step_section_times_the_trainers_own_step(tmp_path, monkeypatch):
     """Not a copy of the step: Trainer.step is what runs (GradScaler, normaliser, scheduler, CUDA graph when on)."""
     from recallseg.engine.trainer import Trainer

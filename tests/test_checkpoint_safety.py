@@ -35,6 +35,7 @@ def truncate(path):
 # -- resume=auto over unreadable checkpoints ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_auto_refuses_a_directory_of_unreadable_checkpoints_and_changes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     folder = run_dir / "checkpoints"
@@ -263,6 +264,7 @@ def nan_checkpoint(tmp_path_factory):
     return path, key
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_checkpoint_with_a_nan_naming_the_tensor(nan_checkpoint, tmp_path):
     path, key = nan_checkpoint
     result = run_entry_point("evaluate.py", f"checkpoint={path}", f"hydra.run.dir={tmp_path / 'eval'}", check=False)
@@ -294,6 +296,7 @@ def test_predict_refuses_a_checkpoint_with_a_nan(nan_checkpoint, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_refused_fresh_run_leaves_the_run_directory_as_it_was(tmp_path):
     """Checkpoints refuse a fresh run into the directory; its recorded config (.hydra) and its log
     stay as they were (Hydra writes no .hydra of its own: recallseg records it once accepted)."""

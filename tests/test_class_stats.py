@@ -1,11 +1,13 @@
 """scripts/class_stats.py counts the pixels of each class over the training split."""
 
 import numpy as np
+import pytest
 
 from conftest import read_json, run_entry_point
 from dataset_trees import make_folder
 
 
+@pytest.mark.slow
 def test_class_stats_counts_the_training_split(tmp_path):
     written = make_folder(tmp_path / "folder", frames={"train": 3, "val": 2})
     output = tmp_path / "stats.json"
@@ -21,6 +23,7 @@ def test_class_stats_counts_the_training_split(tmp_path):
     assert abs(sum(stats["frequencies"]) - 1.0) < 1e-9
 
 
+@pytest.mark.slow
 def test_class_stats_records_image_pixels_and_the_config_and_a_run_refuses_another_config(tmp_path):
     import pytest
     from omegaconf import OmegaConf

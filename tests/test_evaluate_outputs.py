@@ -41,6 +41,7 @@ def synthetic_checkpoint(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "synthetic.pt", SYNTHETIC_CLASSES, SYNTHETIC, images=images)
 
 
+@pytest.mark.slow
 def test_report_files_and_inference_settings(synthetic_checkpoint, tmp_path):
     result = run_entry_point(
         "evaluate.py", f"checkpoint={synthetic_checkpoint}", f"hydra.run.dir={tmp_path}",
@@ -96,6 +97,7 @@ def official_scores(predictions, gt_root):
     return official.evaluateImgLists(found, ground_truth, args)
 
 
+@pytest.mark.slow
 def test_cityscapes_export_scores_the_same_with_the_official_evaluator(tmp_path):
     # Frames of 64x128, loaded resized to 32x64 (dataset.resize): recallseg must score, and
     # export, at the label files' full resolution, as the official evaluator does.

@@ -27,6 +27,7 @@ def test_the_options_follow_the_chosen_group():
     ("evaluate.py", ["checkpoint=???", "inference.mode=whole", "whole | slide", "predictions.format=color"]),
     ("scripts/class_stats.py", ["split=null", "null: the dataset's train_split", "dataset: cityscapes"]),
 ])  # fmt: skip
+@pytest.mark.slow
 def test_hydra_commands_help(script, expected):
     out = run_entry_point(script, "--help").stdout
     for text in expected:

@@ -44,6 +44,7 @@ def test_a_loss_registered_from_python_builds_by_name_and_cannot_take_a_taken_na
         register_loss("recall")(HalfCE)
 
 
+@pytest.mark.slow
 def test_a_loss_from_another_package_needs_only_a_yaml(tmp_path, cache_env):
     """One module outside recallseg and one YAML in the user's config folder; `loss=<name>` trains with it."""
     package = tmp_path / "my_losses"

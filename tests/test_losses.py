@@ -650,6 +650,7 @@ def test_user_registered_loss_works_through_build_loss():
 # ---------------------------------------------------------------- the fused Triton kernel (loss.kernel)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not triton_available(), reason="needs triton")
 def test_fused_kernel_matches_oracles_under_the_triton_interpreter():
     """``tests/fused_kernel_cases.py`` on CPU tensors, in a process of its own with TRITON_INTERPRET=1."""

@@ -42,6 +42,7 @@ def run_failing(tmp_path, failing_dataset, fail_with):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_user_error_in_a_loader_worker_is_one_line_also_in_train_log(tmp_path, failing_dataset):
     result = run_failing(tmp_path, failing_dataset, "user")
     assert result.returncode == 2, result.stderr[-3000:]
@@ -59,6 +60,7 @@ def test_a_bug_keeps_its_traceback_and_reaches_train_log(tmp_path, failing_datas
     assert "training failed" in log and "boom in sample 3" in log and "Traceback" in log
 
 
+@pytest.mark.slow
 def test_log_lines_never_land_on_the_progress_bar_s_line(tmp_path):
     result = run_entry_point("train.py", *RUN, "trainer.max_iters=3", "trainer.val_interval=2", "loss=ce", "trainer.num_workers=0",
                              f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip

@@ -30,6 +30,7 @@ def photos(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_colour_masks_and_overlays_for_any_size_and_format(checkpoint, photos, tmp_path):
     out = tmp_path / "out"
     result = run_entry_point("scripts/predict.py", f"checkpoint={checkpoint}", f"input={photos}", f"output={out}", "device=cpu", "inference.flip=true")

@@ -27,6 +27,7 @@ def assert_same_weights(a, b, exact=True):
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
 
 
+@pytest.mark.slow
 def test_k_iterations_plus_resumed_rest_equals_a_straight_run_bit_for_bit(tmp_path):
     common = [*RUN, "trainer.max_iters=5", "trainer.val_interval=3", "loss=recall", "loss.statistics=ema", "trainer.num_workers=1"]
     run_entry_point("train.py", *common, f"hydra.run.dir={tmp_path / 'straight'}")
@@ -60,6 +61,7 @@ def _train_until_signal(run_dir, sig, after_iteration, extra):
     return code, "".join(output)
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigint_save_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
     common = [*RUN, "trainer.max_iters=30", "trainer.val_interval=100", "trainer.log_interval=1"]
     run_entry_point("train.py", *common, f"hydra.run.dir={tmp_path / 'straight'}")
@@ -95,6 +97,7 @@ def nan_loss_module(tmp_path):
     return {"PYTHONPATH": str(tmp_path)}
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_the_iteration_named(tmp_path, nan_loss_module):
     result = run_entry_point(
         "train.py", *RUN, "trainer.max_iters=4", "trainer.val_interval=4", "trainer.log_interval=4", "loss=ce", "loss._target_=nan_loss.NanAtStep3",
@@ -105,6 +108,7 @@ def test_nonfinite_loss_stops_with_the_iteration_named(tmp_path, nan_loss_module
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()  # a NaN never reaches best.pt
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_can_be_skipped(tmp_path, nan_loss_module):
     result = run_entry_point(
         "train.py", *RUN, "trainer.max_iters=4", "trainer.val_interval=4", "trainer.log_interval=4", "loss=ce", "loss._target_=nan_loss.NanAtStep3",
@@ -115,6 +119,7 @@ def test_nonfinite_steps_can_be_skipped(tmp_path, nan_loss_module):
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_a_pickle_payload_is_refused_by_resume(tmp_path):
     marker = tmp_path / "payload_ran"
     evil = tmp_path / "evil.pt"

@@ -30,6 +30,7 @@ def tensorboard_images(run_dir) -> dict[str, np.ndarray]:
     return pictures
 
 
+@pytest.mark.slow
 def test_validation_pictures_show_image_truth_and_the_models_prediction(run):
     from recallseg.data.synthetic import PALETTE, SyntheticStreets
     from recallseg.engine.runtime import Normalizer, Runtime
@@ -63,6 +64,7 @@ def test_validation_pictures_show_image_truth_and_the_models_prediction(run):
     assert chart.ndim == 3 and chart.shape[2] == 3 and chart.shape[0] > 200 and chart.std() > 0
 
 
+@pytest.mark.slow
 def test_best_pt_holds_the_model_and_last_pt_a_resume(run):
     best, last = (load_checkpoint(run / "checkpoints" / name) for name in ("best.pt", "last.pt"))  # weights_only loads
     assert set(best) == {"format", "version", "model", "config", "classes", "palette", "iteration", "best_score", "monitor"}

@@ -55,6 +55,7 @@ def train(run_dir, *overrides, env=None):
     return start([sys.executable, str(REPO / "train.py"), *RUN, *overrides, f"hydra.run.dir={run_dir}"], env)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_with_loader_workers_saves_last_pt(tmp_path):
     proc = train(tmp_path / "run", "trainer.max_iters=60", "trainer.val_interval=100", "trainer.num_workers=1", "loss=ce")
     code, out = signal_group_after(proc, "iter 2/")
@@ -137,6 +138,7 @@ def test_sigterm_to_a_torchrun_process_group_stops_both_ranks_after_the_same_ste
     assert "killed by signal" not in out and "SIGKILL" not in out
 
 
+@pytest.mark.slow
 def test_a_process_exits_with_a_loader_it_never_shut_down():
     """Workers ignore SIGTERM, the signal multiprocessing stops them with at exit: a loader left
     running (referenced by an error's traceback, say) must not keep the process from exiting."""

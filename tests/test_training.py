@@ -39,6 +39,7 @@ def test_weighted_ce_statistics_are_cached_from_the_training_split(sweep):
     assert data["split"] == "train" and len(data["pixel_counts"]) == 9
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_final_validation(sweep, tmp_path):
     root, _ = sweep
     run = root / "recall"
@@ -49,6 +50,7 @@ def test_evaluate_reproduces_the_final_validation(sweep, tmp_path):
     assert "mIoU" in result.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_overrides_the_stored_config(sweep, tmp_path):
     root, _ = sweep
     ckpt = root / "ce" / "checkpoints" / "best.pt"
@@ -59,6 +61,7 @@ def test_evaluate_overrides_the_stored_config(sweep, tmp_path):
     assert 0 < total <= 3 * 64 * 64
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_checkpoint_for_other_classes(sweep, tmp_path):
     root, _ = sweep
     (tmp_path / "few_classes.py").write_text(
@@ -73,6 +76,7 @@ def test_evaluate_refuses_a_checkpoint_for_other_classes(sweep, tmp_path):
     assert "9 vs 2 classes" in result.stderr and "['a', 'b']" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_run_directory_with_checkpoints_is_never_overwritten(sweep):
     root, _ = sweep
     result = run_entry_point("train.py", *TINY_OVERRIDES, f"hydra.run.dir={root / 'ce'}", check=False)
@@ -80,6 +84,7 @@ def test_a_run_directory_with_checkpoints_is_never_overwritten(sweep):
     assert "never overwrites" in result.stderr and "resume=auto" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_gets_a_clear_error(tmp_path):
     result = run_entry_point("evaluate.py", f"checkpoint={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'out'}", check=False)
     assert result.returncode != 0 and "does not exist" in result.stderr

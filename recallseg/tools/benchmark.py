@@ -108,7 +108,7 @@ CONFIGS = {
 
 
 class AuthorsRecallLossReference(nn.Module):
-    """Reference for benchmarking only, written from the description in paper.md; not for training.
+    """Reference for benchmarking only, written from a description of the authors' code; not for training.
 
     Reproduces the costly steps of the authors' recall loss: argmax over classes, torch.unique
     over the labels and over the missed labels (each a host-device sync), boolean-mask
