@@ -7,15 +7,20 @@ from conftest import read_json, run_entry_point
 from dataset_trees import make_folder
 
 
-@pytest.mark.slow
-def test_class_stats_counts_the_training_split(tmp_path):
+def class_stats_of_a_folder(tmp_path):
+    """scripts/class_stats.py run on a 3-image folder dataset: (the written frames, the JSON, its path)."""
     written = make_folder(tmp_path / "folder", frames={"train": 3, "val": 2})
     output = tmp_path / "stats.json"
     run_entry_point(
         "scripts/class_stats.py", "dataset=folder", f"dataset.root={tmp_path / 'folder'}", f"output={output}",
         "num_workers=0", f"hydra.run.dir={tmp_path / 'run'}",
     )  # fmt: skip
-    stats = read_json(output)
+    return written, read_json(output), output
+
+
+@pytest.mark.slow
+def test_class_stats_counts_the_training_split(tmp_path):
+    written, stats, _ = class_stats_of_a_folder(tmp_path)
     masks = np.stack([mask for _, mask in written["train"]])
     expected = [int((masks == c).sum()) for c in range(3)]
     assert stats["dataset"] == "FolderDataset" and stats["classes"] == ["background", "road", "car"]
@@ -25,19 +30,12 @@ def test_class_stats_counts_the_training_split(tmp_path):
 
 @pytest.mark.slow
 def test_class_stats_records_image_pixels_and_the_config_and_a_run_refuses_another_config(tmp_path):
-    import pytest
     from omegaconf import OmegaConf
 
     from recallseg.engine.setup import training_class_statistics
     from recallseg.errors import ConfigError
 
-    written = make_folder(tmp_path / "folder", frames={"train": 3, "val": 2})
-    output = tmp_path / "stats.json"
-    run_entry_point(
-        "scripts/class_stats.py", "dataset=folder", f"dataset.root={tmp_path / 'folder'}", f"output={output}",
-        "num_workers=0", f"hydra.run.dir={tmp_path / 'run'}",
-    )  # fmt: skip
-    stats = read_json(output)
+    written, stats, output = class_stats_of_a_folder(tmp_path)
     masks = [mask for _, mask in written["train"]]
     labelled = [int((m != 255).sum()) for m in masks]
     expected = [sum(n for m, n in zip(masks, labelled) if (m == c).any()) for c in range(3)]

@@ -145,15 +145,18 @@ def lovasz_class_oracle(probs, labels, c):
     return loss, gt_count > 0
 
 
-def lovasz_oracle(logits, target, classes="present", per_image=False):
+def region_groups(logits, target, per_image):
+    """Probabilities, labels and the non-empty groups of non-ignored pixel indices a region loss averages over."""
     log_probs, labels, images = pixels(logits, target)
-    probs = torch.exp(log_probs)
-    groups = sorted(set(images)) if per_image else [None]
+    keys = sorted(set(images)) if per_image else [None]
+    groups = [[i for i, y in enumerate(labels) if y != IGNORE and (key is None or images[i] == key)] for key in keys]
+    return torch.exp(log_probs), labels, [members for members in groups if members]
+
+
+def lovasz_oracle(logits, target, classes="present", per_image=False):
+    probs, labels, groups = region_groups(logits, target, per_image)
     group_losses = []
-    for group in groups:
-        members = [i for i, y in enumerate(labels) if y != IGNORE and (group is None or images[i] == group)]
-        if not members:
-            continue
+    for members in groups:
         chosen = []
         for c in range(C):
             loss, present = lovasz_class_oracle([probs[i] for i in members], [labels[i] for i in members], c)
@@ -165,14 +168,9 @@ def lovasz_oracle(logits, target, classes="present", per_image=False):
 
 def soft_iou_oracle(logits, target, classes="present", per_image=False):
     """1 - mean over classes of sum(p * g) / sum(p + g - p * g), loops over the non-ignored pixels."""
-    log_probs, labels, images = pixels(logits, target)
-    probs = torch.exp(log_probs)
-    groups = sorted(set(images)) if per_image else [None]
+    probs, labels, groups = region_groups(logits, target, per_image)
     group_losses = []
-    for group in groups:
-        members = [i for i, y in enumerate(labels) if y != IGNORE and (group is None or images[i] == group)]
-        if not members:
-            continue
+    for members in groups:
         ious = []
         for c in range(C):
             inter = sum(probs[i, c] * (labels[i] == c) for i in members)

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.statistics import preserved_random_state
 from ..visualize import colorize, palette_array
 
 PICTURES = 4
@@ -63,12 +64,21 @@ class ValidationPictures:
 
     def __init__(self, val_set, classes: Sequence[str], count: int = PICTURES):
         self.classes = list(classes)
+        self.val_set = val_set
         self.indices = picked_indices(len(val_set), count)
-        self.samples = [val_set[i] for i in self.indices]  # (image HxWx3 uint8, mask HxW), loaded once
+        self.samples: list | None = None  # (image HxWx3 uint8, mask HxW), loaded at the first log
         self.palette = palette_array(getattr(val_set, "palette", None), len(self.classes))
 
+    def _load(self) -> list:
+        # Loaded once, at the first validation rather than while the run starts (before its signal
+        # handlers exist), and without touching the random streams a resume must reproduce.
+        if self.samples is None:
+            with preserved_random_state():
+                self.samples = [self.val_set[i] for i in self.indices]
+        return self.samples
+
     def log(self, writer, predict: Callable[[torch.Tensor], torch.Tensor], iteration: int, metrics: dict | None = None) -> None:
-        for k, (image, mask) in enumerate(self.samples):
+        for k, (image, mask) in enumerate(self._load()):
             with torch.no_grad():
                 prediction = predict(torch.from_numpy(np.ascontiguousarray(image))[None])[0].cpu().numpy()
             for name, picture in (("image", image), ("ground_truth", colorize(mask, self.palette)), ("prediction", colorize(prediction, self.palette))):

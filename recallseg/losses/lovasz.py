@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import safe_target, valid_mask
-from .registry import SegmentationLoss
+from .registry import RegionLoss
 
 # Why not segmentation_models_pytorch.losses.LovaszLoss: it drops ignored pixels with
 # boolean-mask indexing (`probas[labels != ignore]`), skips absent classes with a Python
@@ -56,7 +56,7 @@ def lovasz_softmax(
     return (per_group * has_pixels).sum() / has_pixels.sum().clamp_min(1.0)
 
 
-class LovaszLoss(SegmentationLoss):
+class LovaszLoss(RegionLoss):
     """Lovász-softmax: the Lovász extension of each class's Jaccard loss, applied to softmax errors.
 
     For class c, the errors ``|[y_n == c] - p_n(c)|`` are sorted in decreasing order and
@@ -79,13 +79,6 @@ class LovaszLoss(SegmentationLoss):
     Reference: Berman, Rannen Triki, Blaschko, "The Lovász-Softmax loss", CVPR 2018,
     https://arxiv.org/abs/1705.08790
     """
-
-    def __init__(self, num_classes: int, ignore_index: int = 255, classes: str = "present", per_image: bool = False):
-        super().__init__(num_classes, ignore_index)
-        if classes not in ("present", "all"):
-            raise ValueError(f"loss.classes must be 'present' or 'all', got {classes!r}")
-        self.classes = classes
-        self.per_image = bool(per_image)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return lovasz_softmax(logits, target, self.ignore_index, self.classes, self.per_image)

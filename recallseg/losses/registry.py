@@ -79,6 +79,18 @@ class SegmentationLoss(nn.Module):
         return {}
 
 
+class RegionLoss(SegmentationLoss):
+    """Base of the losses over whole class regions (Lovász, soft IoU): which classes the mean
+    takes (``"present"`` in the batch or image, or ``"all"``) and whether it is per image."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, classes: str = "present", per_image: bool = False):
+        super().__init__(num_classes, ignore_index)
+        if classes not in ("present", "all"):
+            raise ValueError(f"loss.classes must be 'present' or 'all', got {classes!r}")
+        self.classes = classes
+        self.per_image = bool(per_image)
+
+
 def register_loss(name: str, **defaults: Any) -> Callable[[type[SegmentationLoss]], type[SegmentationLoss]]:
     """Class decorator: makes a loss available by ``name`` (``build_loss(name, ...)`` and ``loss=<name>``)."""
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import safe_target, valid_mask
-from .registry import SegmentationLoss
+from .registry import RegionLoss
 
 
 def soft_iou_loss(
@@ -33,7 +33,7 @@ def soft_iou_loss(
     return (per_group * has_pixels).sum() / has_pixels.sum().clamp_min(1.0)
 
 
-class SoftIoULoss(SegmentationLoss):
+class SoftIoULoss(RegionLoss):
     """Soft IoU loss: ``1 - mean_c I_c / U_c`` with soft counts from the softmax probabilities.
 
     For class c, ``I_c = sum_n p_n(c) [y_n = c]`` and ``U_c = sum_n p_n(c) + [y_n = c] - p_n(c) [y_n = c]``
@@ -55,13 +55,6 @@ class SoftIoULoss(SegmentationLoss):
     Reference: Rahman & Wang, "Optimizing Intersection-over-Union in Deep Neural Networks for
     Image Segmentation", ISVC 2016.
     """
-
-    def __init__(self, num_classes: int, ignore_index: int = 255, classes: str = "present", per_image: bool = False):
-        super().__init__(num_classes, ignore_index)
-        if classes not in ("present", "all"):
-            raise ValueError(f"loss.classes must be 'present' or 'all', got {classes!r}")
-        self.classes = classes
-        self.per_image = bool(per_image)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return soft_iou_loss(logits, target, self.ignore_index, self.classes, self.per_image)
