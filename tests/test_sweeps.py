@@ -10,6 +10,9 @@ from recallseg.tools import compare_losses
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 
+# Loader workers as in a default run: a job in a launcher's pool process must still start them.
+WORKERS = ["trainer.num_workers=1", "evaluation.num_workers=1"]
+
 
 def test_sweeps_go_under_outputs_like_single_runs():
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
@@ -33,7 +36,7 @@ def test_compare_losses_runs_two_jobs_in_parallel_on_joblib(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECALLSEG_CACHE", str(tmp_path / "cache"))
     sweep = tmp_path / "sweep"
-    compare_losses.main(["--losses", "recall,ce", "--launcher", "joblib", "--out", str(sweep), "--", *TINY_OVERRIDES, "hydra.launcher.n_jobs=2"])
+    compare_losses.main(["--losses", "recall,ce", "--launcher", "joblib", "--out", str(sweep), "--", *TINY_OVERRIDES, *WORKERS, "hydra.launcher.n_jobs=2"])
     for loss in ("recall", "ce"):
         assert read_json(sweep / f"{loss}_seed0" / "metrics.json")["iteration"] == 2
     table = (sweep / "comparison.md").read_text()
@@ -47,7 +50,7 @@ def test_a_two_job_sweep_on_submitit_local(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
     run_entry_point(
-        "train.py", "-m", "loss=ce,recall", *TINY_OVERRIDES, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+        "train.py", "-m", "loss=ce,recall", *TINY_OVERRIDES, *WORKERS, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
         f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra:runtime.choices.loss}", env={"RECALLSEG_CACHE": str(tmp_path / "cache")}, cwd=tmp_path,
     )  # fmt: skip
     for loss in ("ce", "recall"):

@@ -8,10 +8,10 @@ shared memory, pinning and the host-to-device copy). Images become normalised fl
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing
-import multiprocessing.util  # noqa: F401 (its exit hook is registered before ours, so ours runs first)
+import multiprocessing.util
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -72,18 +72,44 @@ def worker_init(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-@atexit.register
+def worker_context(num_workers: int):
+    """The multiprocessing context loader workers start in, named rather than inherited.
+
+    A job that a launcher runs in a pool process (Hydra's joblib launcher uses loky) inherits the
+    pool's default context, in which a DataLoader cannot start its workers ("'Process' object
+    has no attribute 'env'"). Named here: fork on Linux (the platform's usual choice, and the
+    cheapest: workers share the dataset's memory), spawn elsewhere.
+    """
+    if num_workers <= 0:
+        return None
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 def _stop_workers_at_exit() -> None:
-    """At interpreter exit multiprocessing stops daemonic children (loader workers are daemonic) with
-    SIGTERM and then joins them. Loader workers ignore SIGTERM, so one whose loader is still
-    referenced then (by the traceback of the error ending the run, say) would be waited for
-    forever: daemonic children are killed first (SIGTERM would end them here anyway)."""
+    """When a process exits, multiprocessing stops its daemonic children (loader workers are
+    daemonic) with SIGTERM and then joins them. Loader workers ignore SIGTERM, so one whose loader
+    is still referenced then (by the traceback of the error ending the run, say) would be waited
+    for forever: daemonic children are killed first (SIGTERM would end them here anyway)."""
     children = [child for child in multiprocessing.active_children() if child.daemon]
     if children and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # PyTorch's handler would report the killed workers as failed
     for child in children:
         child.kill()
         child.join(timeout=5)
+
+
+# A multiprocessing finalizer, not an atexit hook: multiprocessing runs these before it stops the
+# children, both at interpreter exit and when a process it started ends (a launcher's pool
+# process, which never reaches the interpreter's atexit hooks before that join).
+multiprocessing.util.Finalize(None, _stop_workers_at_exit, exitpriority=100)
+
+
+def close_loader(batches) -> None:
+    """Stop the workers of a loader iterator now (told to, they exit by themselves) rather than
+    whenever it is garbage-collected: a pool process that runs job after job would keep them."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # only multi-process iterators have workers
+    if shutdown is not None:
+        shutdown()
 
 
 def train_loader(
@@ -108,6 +134,7 @@ def train_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
         worker_init_fn=worker_init,
+        multiprocessing_context=worker_context(num_workers),
     )
 
 
@@ -118,5 +145,6 @@ def eval_loader(
     if world_size > 1:  # a strided shard: unlike DistributedSampler, it never pads with duplicates
         dataset = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init,
+        multiprocessing_context=worker_context(num_workers),
     )

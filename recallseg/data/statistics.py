@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..atomic_files import atomic_write
 from ..errors import ConfigError
 from .base import SegmentationDataset
+from .loading import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ class _MaskCounts(torch.utils.data.Dataset):
         return np.bincount(labels, minlength=self.num_classes).astype(np.int64)
 
 
+def _only(batch: list) -> Any:
+    return batch[0]
+
+
 def class_statistics(dataset: SegmentationDataset, num_classes: int, ignore_index: int = 255, num_workers: int = 0) -> ClassStatistics:
     """``ClassStatistics`` of ``dataset`` (ignored pixels excluded); every random stream is left as it was.
 
@@ -99,7 +104,8 @@ def class_statistics(dataset: SegmentationDataset, num_classes: int, ignore_inde
     """
     with preserved_random_state():
         loader = DataLoader(
-            _MaskCounts(dataset, num_classes, ignore_index), batch_size=1, num_workers=num_workers, collate_fn=lambda batch: batch[0]
+            _MaskCounts(dataset, num_classes, ignore_index), batch_size=1, num_workers=num_workers, collate_fn=_only,
+            multiprocessing_context=worker_context(num_workers),
         )
         counts = np.zeros(num_classes, dtype=np.int64)
         image_pixels = np.zeros(num_classes, dtype=np.int64)

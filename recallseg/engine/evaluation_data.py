@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.base import SegmentationDataset
 from ..data.cache import CachedDataset
 from ..data.io import png_size, read_image
-from ..data.loading import worker_init
+from ..data.loading import worker_context, worker_init
 from ..data.masks import to_mask_dtype
 
 def unwrap(dataset: SegmentationDataset) -> SegmentationDataset:
@@ -136,6 +136,7 @@ def evaluation_loader(
     return DataLoader(
         dataset, batch_size=max(int(batch_size), 1), shuffle=False, num_workers=int(num_workers),
         pin_memory=pin_memory, collate_fn=collate_evaluation, worker_init_fn=worker_init,
+        multiprocessing_context=worker_context(int(num_workers)),
     )  # fmt: skip
 
 

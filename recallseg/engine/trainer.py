@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.loading import train_loader
+from ..data.loading import close_loader, train_loader
 from ..metrics import format_table, metrics_from_confusion
 from ..atomic_files import remove_orphaned_temporaries
 from ..run_directory import check_writable
@@ -216,6 +216,7 @@ class Trainer:
             finally:
                 agreement.close()
                 bar.close()
+                close_loader(batches)
             if self.iteration < tcfg.max_iters or abandoned:  # stopped early (signal or trainer.stop_after): keep the place
                 self._keep_place(stop, abandoned)
                 return metrics or {}
