@@ -135,18 +135,24 @@ def options_help(config_dir: str | Path | list, config_name: str, choices: Mappi
     chosen = dict(sorted(chosen.items(), key=lambda item: (order.find(f"- {item[0]}:") % (len(order) + 1), item[0])))
     lines = [f"usage: {USAGE.get(config_name, config_name)}", "", "== Config groups (group=option) =="]
     for group in chosen:
-        options = available.get(group.split("/")[0], [])
+        name, _, package = group.partition("@")  # loss_protocol@loss: a group placed under another key
+        options = available.get(name.split("/")[0], [])
         now = chosen[group]
+        if package:  # chosen by other groups (protocol and loss), never on its own; an optional file may not exist
+            now = now if _find(dirs, f"{name}/{now}.yaml") is not None else None
+            lines.append(f"  {name}: {', '.join(options)}   (follows protocol and loss; now: {now or 'none'})")
+            continue
         lines.append(f"  {group}: {', '.join(options)}" + (f"   (now: {now})" if now is not None else "   (none chosen)"))
     lines += ["", "== Options (key=default  what it means); anything can be overridden as key=value =="]
     sections: list[tuple[str, list[tuple[str, str, str]]]] = []
     for group, choice in chosen.items():
-        path = None if choice is None else _find(dirs, f"{group}/{choice}.yaml")
+        name, _, package = group.partition("@")
+        path = None if choice is None else _find(dirs, f"{name}/{choice}.yaml")
         if path is None:
             continue
         text = path.read_text()
-        header, options = documented_options(text, _package_prefix(text, group))
-        sections.append((f"{group}/{choice}.yaml" + (f": {header}" if header else ""), options))
+        header, options = documented_options(text, _package_prefix(text, package or group))
+        sections.append((f"{name}/{choice}.yaml" + (f": {header}" if header else ""), options))
     if primary is not None:
         header, options = documented_options(primary.read_text())
         listed = {key: (n, j) for n, (_, opts) in enumerate(sections) for j, (key, _, _) in enumerate(opts)}

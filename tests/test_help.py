@@ -42,3 +42,12 @@ def test_argparse_tools_answer_help(capsys):
         assert exit.value.code == 0
     out = capsys.readouterr().out
     assert "--losses" in out and "--summarize" in out and "SECTION" in out and "inference" in out
+
+
+def test_the_protocol_group_shows_what_it_sets_for_the_chosen_loss():
+    choices = {"loss": "focal", "protocol": "paper", "loss_protocol@loss": "paper_focal"}
+    text = options_help(str(CONFIG_DIR), "train", choices)
+    assert "loss_protocol: paper_class_balanced, paper_focal" in text and "now: paper_focal)" in text
+    assert "loss_protocol/paper_focal.yaml" in text and "  loss.gamma=1.0" in text  # under loss., not loss_protocol@loss.
+    plain = options_help(str(CONFIG_DIR), "train", {**choices, "protocol": "recallseg", "loss_protocol@loss": "recallseg_focal"})
+    assert "now: none)" in plain and "loss_protocol/" not in plain.split("== Options")[1]
