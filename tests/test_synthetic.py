@@ -1,7 +1,7 @@
 import numpy as np
 
 from recallseg.data import SyntheticStreets
-from recallseg.data.statistics import cached_class_pixel_counts, class_pixel_counts
+from recallseg.data.statistics import cached_class_statistics, class_statistics
 
 
 def test_samples_are_deterministic_per_seed_and_differ_across_seeds():
@@ -25,7 +25,7 @@ def test_sample_format_and_label_values():
 
 def test_class_frequencies_are_imbalanced_with_ignore_pixels():
     ds = SyntheticStreets("train", 96, 192, num_train=60)
-    counts = class_pixel_counts(ds, ds.num_classes, ds.ignore_index).numpy().astype(float)
+    counts = class_statistics(ds, ds.num_classes, ds.ignore_index).pixel_counts.numpy().astype(float)
     freq = counts / counts.sum()
     names = list(ds.classes)
     dominant = [freq[names.index(n)] for n in ("road", "building", "sky")]
@@ -42,13 +42,13 @@ def test_pixel_counts_match_numpy_and_are_cached(tmp_path):
         m = ds[i][1]
         expected += np.bincount(m[m != 255], minlength=9)
     cfg = {"height": 64, "width": 64, "num_train": 6}
-    counts = cached_class_pixel_counts(ds, cfg, "train", tmp_path)
+    counts = cached_class_statistics(ds, cfg, "train", tmp_path).pixel_counts
     assert counts.tolist() == expected.tolist()
     files = list(tmp_path.glob("class_stats_*.json"))
     assert len(files) == 1
     # A second call reads the file: poison the dataset to prove it is not recomputed.
     ds.load = None
-    assert cached_class_pixel_counts(ds, cfg, "train", tmp_path).tolist() == expected.tolist()
+    assert cached_class_statistics(ds, cfg, "train", tmp_path).pixel_counts.tolist() == expected.tolist()
     # A different config never reuses the cache.
     ds2 = SyntheticStreets("train", 64, 64, num_train=3)
-    assert cached_class_pixel_counts(ds2, {**cfg, "num_train": 3}, "train", tmp_path).sum() < counts.sum()
+    assert cached_class_statistics(ds2, {**cfg, "num_train": 3}, "train", tmp_path).pixel_counts.sum() < counts.sum()

@@ -115,11 +115,6 @@ def class_statistics(dataset: SegmentationDataset, num_classes: int, ignore_inde
     return ClassStatistics(torch.from_numpy(counts), torch.from_numpy(image_pixels), f"computed over {len(dataset)} images")
 
 
-def class_pixel_counts(dataset: SegmentationDataset, num_classes: int, ignore_index: int = 255, num_workers: int = 0) -> torch.Tensor:
-    """Number of pixels of each class over ``dataset`` (ignored pixels excluded), as int64."""
-    return class_statistics(dataset, num_classes, ignore_index, num_workers).pixel_counts
-
-
 def label_files_signature(dataset: SegmentationDataset) -> list | None:
     """Path, size and modification time of every label file of a file dataset (None for others)."""
     source = getattr(dataset, "source", dataset)  # a CachedDataset wraps the file dataset
@@ -167,13 +162,6 @@ def cached_class_statistics(
     return ClassStatistics(stats.pixel_counts, stats.image_pixels, f"{stats.source}, cached in {cache_file}")
 
 
-def cached_class_pixel_counts(
-    dataset: SegmentationDataset, dataset_cfg: Mapping[str, Any], split: str, cache_dir: str | Path, num_workers: int = 0
-) -> torch.Tensor:
-    """The pixel counts of ``cached_class_statistics``."""
-    return cached_class_statistics(dataset, dataset_cfg, split, cache_dir, num_workers).pixel_counts
-
-
 def write_statistics(path: str | Path, dataset: SegmentationDataset, stats: ClassStatistics | torch.Tensor, split: str, dataset_cfg: Any = None) -> None:
     """Write counts, frequencies and the config they were computed for as JSON, atomically."""
     if isinstance(stats, torch.Tensor):
@@ -205,7 +193,7 @@ def read_statistics_file(
     path: str | Path, num_classes: int, dataset_cfg: Mapping[str, Any] | None = None, split: str | None = None,
     classes: list[str] | None = None,
 ) -> ClassStatistics:
-    """Statistics from a JSON file written by ``write_statistics`` or ``scripts/class_stats.py``.
+    """Statistics from a JSON file written by ``write_statistics`` or ``recallseg-class-stats``.
 
     With ``dataset_cfg`` the file's recorded config must be the one of this run (the keys that
     determine the labels; ``root`` included): statistics of another dataset, split or label
@@ -213,21 +201,21 @@ def read_statistics_file(
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("dataset.stats_file", f"{path} does not exist", "run scripts/class_stats.py to write it, or set dataset.stats_file=null")
+        raise ConfigError("dataset.stats_file", f"{path} does not exist", "run recallseg-class-stats to write it, or set dataset.stats_file=null")
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError("dataset.stats_file", f"{path} is not a readable JSON file ({error})", "rewrite it with scripts/class_stats.py") from None
+        raise ConfigError("dataset.stats_file", f"{path} is not a readable JSON file ({error})", "rewrite it with recallseg-class-stats") from None
     counts = data.get("pixel_counts") if isinstance(data, dict) else None
     if counts is None or len(counts) != num_classes:
         raise ConfigError(
             "dataset.stats_file", f"{path} must hold 'pixel_counts' with {num_classes} entries, got {counts!r}",
-            "rewrite it with scripts/class_stats.py for this dataset",
+            "rewrite it with recallseg-class-stats for this dataset",
         )
     if classes is not None and data.get("classes") is not None and list(data["classes"]) != list(classes):
         raise ConfigError(
             "dataset.stats_file", f"{path} was computed for the classes {data['classes']}, this run has {list(classes)}",
-            "rewrite it with scripts/class_stats.py for this dataset, or set dataset.stats_file=null",
+            "rewrite it with recallseg-class-stats for this dataset, or set dataset.stats_file=null",
         )
     if dataset_cfg is not None:
         stored, current = data.get("config"), statistics_config(dataset_cfg)
@@ -241,7 +229,7 @@ def read_statistics_file(
                     differences.insert(0, f"split {data.get('split')!r} (file) vs {split!r} (this run)")
                 raise ConfigError(
                     "dataset.stats_file", f"{path} was computed for another dataset config: {'; '.join(differences)}",
-                    "rewrite it with scripts/class_stats.py using this run's dataset options, or set dataset.stats_file=null",
+                    "rewrite it with recallseg-class-stats using this run's dataset options, or set dataset.stats_file=null",
                 )
     image_pixels = data.get("image_pixels")
     return ClassStatistics(
@@ -249,8 +237,3 @@ def read_statistics_file(
         torch.tensor(image_pixels, dtype=torch.int64) if image_pixels is not None and len(image_pixels) == num_classes else None,
         f"dataset.stats_file {path}",
     )
-
-
-def read_statistics(path: str | Path, num_classes: int) -> torch.Tensor:
-    """Pixel counts from a statistics JSON file (no config check)."""
-    return read_statistics_file(path, num_classes).pixel_counts

@@ -66,12 +66,6 @@ def training_class_statistics(cfg: DictConfig, num_classes: int, classes: list[s
     return statistics
 
 
-def training_class_pixel_counts(cfg: DictConfig, num_classes: int):
-    """A function giving the training split's per-class pixel counts (see ``training_class_statistics``)."""
-    statistics = training_class_statistics(cfg, num_classes)
-    return lambda: statistics().pixel_counts
-
-
 def check_class_names(classes: list[str], other: list[str], where: str) -> None:
     if list(classes) != list(other):
         raise ConfigError(
