@@ -8,7 +8,9 @@ parameters to optimise). ``build`` is ``hydra.utils.instantiate`` with two addit
   ``_target_`` in it, nested ones included, must be one of recallseg's own classes, a
   segmentation-models-pytorch model or an albumentations transform, and is checked as text
   *before* anything is imported. Anything else is refused; the user may name it on the command
-  line for this run, which makes it theirs.
+  line for this run, which makes it theirs. Hydra's other keys (``_partial_``, ``_args_``, ...)
+  are refused, and the checked tree is called as it is (``call_tree``): never resolved by
+  OmegaConf, so what was checked is what the constructors get.
 - mistakes (an unknown target, an option the target does not take) become one-line
   ``ConfigError``s naming the key.
 """
@@ -66,6 +68,35 @@ def check_untrusted_text(node: Any, where: str, named_by_user: set[str] = frozen
                 f"if you trust it, name it yourself for this run: {key.replace('[', '.').replace(']', '')}={target}"
                 if "[" not in key else "give the section on the command line for this run",
             )
+
+
+def check_no_call_keys(node: Any, where: str) -> None:
+    """Refuse Hydra's keys other than ``_target_`` (``_partial_``, ``_args_``, ``_convert_``,
+    ``_recursive_``) in a stored section: they change what is called, or how."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if isinstance(key, str) and key.startswith("_") and key.endswith("_") and key != "_target_":
+                raise ConfigError(
+                    f"{where}.{key}", "the stored config uses a Hydra key that changes what is called, which recallseg never stores",
+                    "use a checkpoint written by recallseg train",
+                )
+            check_no_call_keys(value, f"{where}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            check_no_call_keys(value, f"{where}[{index}]")
+
+
+def call_tree(node: Any, where: str, supplied: Mapping[str, Any] = {}) -> Any:
+    """Build a checked stored section as written: nested ``_target_`` mappings are built first,
+    lists and mappings stay plain, and nothing is resolved or looked up beyond the targets."""
+    if isinstance(node, Mapping):
+        options = {key: call_tree(value, f"{where}.{key}") for key, value in node.items() if key != "_target_"}
+        if "_target_" not in node:
+            return options
+        return locate(node["_target_"], f"{where}._target_")(**options, **supplied)
+    if isinstance(node, (list, tuple)):
+        return [call_tree(value, f"{where}[{index}]") for index, value in enumerate(node)]
+    return node
 
 
 def locate(target: Any, key: str) -> Any:
@@ -160,10 +191,12 @@ def build(
     ``kind`` is what the result must be (checked for untrusted sections; ``None``: anything).
     Nested sections with their own ``_target_`` are built too (albumentations' ``OneOf``).
     """
-    section = plain(section)
+    # A stored section is never resolved (an interpolation in it stays text); the user's is, once.
+    section = plain(section) if trusted else OmegaConf.to_container(section, resolve=False) if isinstance(section, DictConfig) else section
     if not isinstance(section, Mapping) or "_target_" not in section:
         raise ConfigError(key, f"must be a mapping with a _target_ naming what to build, got {section!r}")
-    if not trusted:
+    if not trusted:  # checked as it will be called: this tree is what the constructors get
+        check_no_call_keys(section, key)
         check_untrusted_text(section, key, named_by_user)
     for path, target in targets(section, key):
         if not trusted and target not in named_by_user:
@@ -173,6 +206,8 @@ def build(
     options = {k: v for k, v in section.items() if k != "_target_"}
     check_options(obj, options, key, section["_target_"], set(supplied))
     try:
+        if not trusted:
+            return call_tree(section, key, supplied)
         return instantiate({**section, **{"_convert_": "all"}}, **supplied)
     except Exception as error:  # a constructor's own check (e.g. "3 weights for 4 classes"): the user's value
         cause = error.__cause__ or error

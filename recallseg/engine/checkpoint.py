@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of tensors and plain data (the resolved config is a plain dict), so
 it loads with ``torch.load(weights_only=True)``: a file carrying an arbitrary pickle payload
-is refused and its code never runs.
+is refused and its code never runs. Its plain data is checked as it is read (``stored_data``):
+an interpolation or a Hydra call key in it is refused before anything resolves it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from ..atomic_files import atomic_write
 from ..errors import UserError
+from .stored_data import DATA_KEYS, StoredDataError, escape_interpolations, read_stored_data
 
 FORMAT = "recallseg-checkpoint"
 VERSION = 1
@@ -37,7 +39,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """
     try:
         with atomic_write(path, "wb") as handle:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
+            stored = {key: escape_interpolations(value) if key in DATA_KEYS else value for key, value in state.items()}
+            torch.save({"format": FORMAT, "version": VERSION, **stored}, handle)
     except (OSError, RuntimeError) as error:
         space = out_of_space(error, Path(path), state)
         if space is None:
@@ -98,7 +101,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt, truncated or not a PyTorch file ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a recallseg checkpoint (no '{FORMAT}' marker); was it written by another program?")
-    return state
+    try:
+        return read_stored_data(state, path)
+    except StoredDataError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def first_nonfinite(tensors: dict[str, Any]) -> str | None:

@@ -12,7 +12,8 @@ are downloaded (they come from the checkpoint). The user's overrides are applied
   group's file, before the key overrides; two datasets' keys are never merged.
 
 What the user names on the command line is theirs to trust: a ``_target_`` given there (or in
-a group file they chose) may be any class.
+a group file they chose) may be any class, and an interpolation they type is resolved (once,
+here); the stored strings stay text (``stored_data``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..construct import check_untrusted_text, targets
 from ..errors import ConfigError, nearest
 from ..schema import MODEL_INPUT, TRAINER, check_value
 from .checkpoint import CheckpointError, load_checkpoint
+from .stored_data import escape_interpolations
 
 # The stored sections an evaluation uses.
 STORED_SECTIONS = ("dataset", "model", "trainer", "paths", "seed")
@@ -78,13 +80,15 @@ def apply_overrides(stored: dict, overrides: Iterable[str]) -> tuple[dict, set[s
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:
         raise ConfigError("command line", " ".join(str(error).split()), "write overrides as key=value") from None
-    config = {key: stored[key] for key in STORED_SECTIONS if key in stored}
+    # The stored (and group) sections are escaped so that the one resolution below, which gives the
+    # user's own interpolations their values, keeps every stored string as text.
+    config = escape_interpolations({key: stored[key] for key in STORED_SECTIONS if key in stored})
     named: set[str] = set()
     groups = [o for o in parsed if "." not in o.key_or_group and (config_dir() / o.key_or_group).is_dir()]
     for override in groups:  # whole sections first, then key overrides on top
         if override.is_sweep_override():
             raise ConfigError(override.input_line, "sweeps over the stored config are not supported", "evaluate once per value, or sweep over checkpoint=...")
-        config[override.key_or_group] = group_section(override.key_or_group, str(override.value()))
+        config[override.key_or_group] = escape_interpolations(group_section(override.key_or_group, str(override.value())))
         named |= {target for _, target in targets(config[override.key_or_group], override.key_or_group)}
     for override in parsed:
         if override in groups:
@@ -112,7 +116,17 @@ def apply_overrides(stored: dict, overrides: Iterable[str]) -> tuple[dict, set[s
         named |= {target for _, target in targets({last: value}, key.rsplit(".", 1)[0])}
         if last == "_target_":
             named.add(value)
-    return config, named
+    return resolve_user_values(config), named
+
+
+def resolve_user_values(config: dict) -> dict:
+    """``config`` as plain data: the user's interpolations resolved, stored strings unescaped."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    except Exception as error:
+        raise ConfigError("command line", f"an interpolation in the overrides cannot be resolved ({' '.join(str(error).split())})", "fix or remove it") from None
 
 
 def checkpoint_config(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, dict, frozenset[str]]:

@@ -78,9 +78,7 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     classes = list(dataset.classes)
     check_classes(state, classes, checkpoint_path, f"dataset {type(dataset).__name__} ({split} split)")
     model = model_from_checkpoint(state, stored, len(classes), runtime, checkpoint_path, named)
-    cfg = OmegaConf.create({**stored, "output_dir": ecfg["output_dir"]})
-
-    out = Path(cfg.output_dir)
+    out = Path(ecfg["output_dir"])
     writer = None
     if pcfg["save"]:
         writer = PredictionWriter(
@@ -92,7 +90,7 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     )  # fmt: skip
     batch_size = evaluation["batch_size"] or trainer.get("batch_size", 1)
     loader = evaluation_loader(samples, batch_size, evaluation["num_workers"], runtime.rank, runtime.world_size, pin_memory=runtime.device.type == "cuda")
-    normalizer = Normalizer.for_model(cfg.model, runtime)
+    normalizer = Normalizer.for_model(stored["model"], runtime)
 
     def save(prediction: torch.Tensor, index: int, batch: dict) -> None:
         image = batch["source_image"][batch["index"].index(index)] if writer.needs_image else None
