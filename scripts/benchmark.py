@@ -1,6 +1,6 @@
-"""The benchmarks (step, loss, data, inference): the same as ``recallseg-benchmark`` (see recallseg/tools/benchmark.py)."""
+"""The benchmarks (step, loss, data, inference): the same as ``recallseg-benchmark`` (see recallseg/commands/benchmark.py)."""
 
-from recallseg.tools.benchmark import main
+from recallseg.commands.benchmark import main
 
 if __name__ == "__main__":
     main()

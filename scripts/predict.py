@@ -1,6 +1,6 @@
-"""Segment your own images: the same as ``recallseg-predict`` (see recallseg/tools/predict.py)."""
+"""Segment your own images: the same as ``recallseg-predict`` (see recallseg/commands/predict.py)."""
 
-from recallseg.tools.predict import cli, main  # noqa: F401  (main: for callers that import this file)
+from recallseg.commands.predict import cli, main  # noqa: F401  (main: for callers that import this file)
 
 if __name__ == "__main__":
     cli()

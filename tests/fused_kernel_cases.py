@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from test_losses import C, IGNORE, ce_oracle, context, make_batch, recall_oracle, value_and_grad, weighted_ce_oracle
 
 from recallseg.losses import build_loss
-from recallseg.losses.fused_statistics import class_ce_statistics
+from recallseg.losses.fused.statistics import class_ce_statistics
 
 # 24 x 48 = 1152 pixels per image: two blocks of 1024 per image at C = 4, the second partly filled.
 MULTI_BLOCK = dict(n=2, h=24, w=48, ignore_fraction=0.25, seed=5)
@@ -194,7 +194,7 @@ def check_trainer_skips_a_step_with_a_bad_label(device):
     from hydra import compose, initialize_config_dir
 
     from conftest import CONFIG_DIR, TINY_OVERRIDES
-    from recallseg.engine.trainer import Trainer
+    from recallseg.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[

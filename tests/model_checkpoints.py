@@ -1,7 +1,7 @@
 """Checkpoints for evaluation tests without training: a fresh model saved with a composed config.
 
 ``write_checkpoint`` composes the real train config (with the given overrides), builds the
-model it names and saves it the way the trainer does (``recallseg.engine.checkpoint``).
+model it names and saves it the way the trainer does (``recallseg.checkpoints.format``).
 The untrained model is calibrated (``calibrate``) so that it predicts a mix of classes,
 which makes metric comparisons meaningful.
 """
@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES
-from recallseg.engine.checkpoint import save_checkpoint
+from recallseg.checkpoints.format import save_checkpoint
 from recallseg.models import build_model
 
 # TINY_OVERRIDES without the synthetic dataset's keys (for dataset=cityscapes, ...).

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from recallseg.tools import benchmark
+from recallseg.commands import benchmark
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_every_section_runs_and_writes_one_json(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_step_section_times_the_trainers_own_step(tmp_path, monkeypatch):
     """Not a copy of the step: Trainer.step is what runs (GradScaler, normaliser, scheduler, CUDA graph when on)."""
-    from recallseg.engine.trainer import Trainer
+    from recallseg.training.trainer import Trainer
 
     calls = []
     original = Trainer.step

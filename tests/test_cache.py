@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dataset_trees import make_cityscapes, make_folder, make_synthia_seqs
-from recallseg.data.builder import build_dataset
-from recallseg.data.cache import CachedDataset
+from recallseg.pipeline.builder import build_dataset
+from recallseg.pipeline.cache import CachedDataset
 from recallseg.data.cityscapes import Cityscapes
 from recallseg.data.folder import FolderDataset
 from recallseg.data.synthetic import SyntheticStreets
@@ -61,7 +61,7 @@ def test_transforms_run_after_the_cache_and_stay_seeded(tmp_path):
     cfg = {
         "_target_": "recallseg.data.folder.FolderDataset", "root": str(tmp_path / "f"), "cache": True, "cache_dir": str(tmp_path / "cache"),
         "size_divisor": 32,
-        "train_transform": [{"_target_": "recallseg.data.transforms.RandomScaleCrop", "height": 32, "width": 32, "fill_mask": 255}],
+        "train_transform": [{"_target_": "recallseg.pipeline.transforms.RandomScaleCrop", "height": 32, "width": 32, "fill_mask": 255}],
     }
     cached, plain = build_dataset(cfg, "train"), build_dataset({**cfg, "cache": False}, "train")
     assert isinstance(cached, CachedDataset)

@@ -12,7 +12,7 @@ import torch
 from conftest import run_entry_point
 from dataset_trees import make_folder
 from model_checkpoints import write_checkpoint
-from recallseg.engine.checkpoint import save_checkpoint
+from recallseg.checkpoints.format import save_checkpoint
 
 pytestmark = pytest.mark.slow
 

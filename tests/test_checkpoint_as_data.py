@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_OVERRIDES
 from model_checkpoints import write_checkpoint
 from recallseg.data.synthetic import CLASSES
-from recallseg.engine.checkpoint_evaluation import evaluate_checkpoint
+from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
 from recallseg.errors import UserError
 
 
@@ -55,14 +55,14 @@ def tampered(tmp_path, change):
 
 CHANGES = {
     "dataset class": lambda c: c["dataset"].update({"_target_": "planted_module.Thing"}),
-    "os.system through a recallseg module": lambda c: c["dataset"].update({"_target_": "recallseg.cli.sys.exit"}),
+    "os.system through a recallseg module": lambda c: c["dataset"].update({"_target_": "recallseg.commands.train.sys.exit"}),
     "builtins": lambda c: c["model"].update({"_target_": "builtins.exec"}),
     "nested in a transform": lambda c: c["dataset"].update(
         {"val_transform": [{"_target_": "albumentations.OneOf", "transforms": [{"_target_": "planted_module.Thing"}]}]}
     ),
     "nested in model options": lambda c: c["model"].update({"aux_params": {"_target_": "planted_module.run"}}),
     "a recallseg function that writes": lambda c: c["dataset"].update(
-        {"val_transform": [{"_target_": "recallseg.run_directory.record_config", "run_dir": "/tmp/x", "cfg": {}}]}
+        {"val_transform": [{"_target_": "recallseg.training.run_directory.record_config", "run_dir": "/tmp/x", "cfg": {}}]}
     ),
 }
 

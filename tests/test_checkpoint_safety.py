@@ -16,9 +16,9 @@ import torch
 from conftest import CONFIG_DIR, TINY_OVERRIDES, run_entry_point
 from model_checkpoints import write_checkpoint
 from recallseg.data.synthetic import CLASSES
-from recallseg.engine import checkpoint as checkpoint_module
-from recallseg.engine.checkpoint import CheckpointError, CheckpointSpaceError, load_checkpoint, save_checkpoint
-from recallseg.engine.resume_choice import RunRefused, newest_resumable, reconciled_best_score
+from recallseg.checkpoints import format as checkpoint_module
+from recallseg.checkpoints.format import CheckpointError, CheckpointSpaceError, load_checkpoint, save_checkpoint
+from recallseg.checkpoints.resume import RunRefused, newest_resumable, reconciled_best_score
 
 RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval"))]
 
@@ -89,7 +89,7 @@ class Killed(BaseException):
 def trainer(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from recallseg.engine.trainer import Trainer
+    from recallseg.training.trainer import Trainer
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"output_dir={tmp_path / 'run'}", *RUN, "loss=ce", "trainer.max_iters=4"])
@@ -117,7 +117,7 @@ def kill_when_writing(monkeypatch, name, after=False):
             if os.path.basename(path) == name:
                 raise Killed
 
-        monkeypatch.setattr("recallseg.engine.trainer.save_checkpoint", save)
+        monkeypatch.setattr("recallseg.training.trainer.save_checkpoint", save)
 
 
 @pytest.mark.parametrize("moment", ["while writing best.pt", "after best.pt, before last.pt"])
@@ -229,7 +229,7 @@ def test_a_save_that_fails_for_space_says_so_and_keeps_the_previous_checkpoint(t
 def test_an_unwritable_run_directory_is_found_at_the_start(tmp_path, monkeypatch):
     import tempfile
 
-    from recallseg.run_directory import RunDirectoryError, check_writable
+    from recallseg.training.run_directory import RunDirectoryError, check_writable
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")

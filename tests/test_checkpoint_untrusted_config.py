@@ -21,9 +21,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY_OVERRIDES
-from recallseg.construct import build, transform_kinds
-from recallseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from recallseg.engine.stored_data import escape_interpolations, read_plain
+from recallseg.config.construct import build, transform_kinds
+from recallseg.checkpoints.format import CheckpointError, load_checkpoint, save_checkpoint
+from recallseg.checkpoints.stored_data import escape_interpolations, read_plain
 from recallseg.errors import ConfigError
 
 SECRET = "RECALLSEG_TEST_SECRET"
@@ -107,7 +107,8 @@ NAMED_KEY = {
 @pytest.fixture(scope="module")
 def clean_checkpoint(tmp_path_factory) -> Path:
     """A real training checkpoint (model, optimizer, config, classes, palette, monitor)."""
-    from recallseg.cli import compose_checked, run_training
+    from recallseg.config.compose import compose_checked
+    from recallseg.commands.train import run_training
 
     run = tmp_path_factory.mktemp("run")
     cfg = compose_checked("train", [*TINY_OVERRIDES, *SMALL_MODEL, "trainer.max_iters=1", "trainer.val_interval=1", f"output_dir={run}"])
@@ -142,14 +143,14 @@ def secret(monkeypatch):
 def run_command(command: str, checkpoint: Path, tmp_path: Path, monkeypatch) -> int:
     """Run one command that reads ``checkpoint`` in-process; its exit status."""
     if command == "evaluate":
-        from recallseg.cli import eval_main
+        from recallseg.commands.evaluate import eval_main
 
         monkeypatch.setattr(sys, "argv", ["evaluate.py", f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'eval'}"])
         with pytest.raises(SystemExit) as stop:
             eval_main()
         return stop.value.code
     if command == "predict":
-        from recallseg.tools import predict
+        from recallseg.commands import predict
 
         images = tmp_path / "images"
         images.mkdir(exist_ok=True)
@@ -158,11 +159,12 @@ def run_command(command: str, checkpoint: Path, tmp_path: Path, monkeypatch) -> 
         cv2.imwrite(str(images / "a.png"), np.zeros((64, 64, 3), np.uint8))
         return predict.main([f"checkpoint={checkpoint}", f"input={images}", f"output={tmp_path / 'predicted'}", "device=cpu"])
     if command == "export":
-        from recallseg.tools import export
+        from recallseg.commands import export
 
         return export.main([f"checkpoint={checkpoint}", f"output={tmp_path / 'model.onnx'}", "verify=false"])
     if command == "resume":
-        from recallseg.cli import compose_checked, run_training
+        from recallseg.config.compose import compose_checked
+        from recallseg.commands.train import run_training
 
         cfg = compose_checked("train", [*TINY_OVERRIDES, *SMALL_MODEL, f"resume={checkpoint}", f"output_dir={tmp_path / 'resumed'}"])
         with pytest.raises(SystemExit) as stop:
@@ -213,7 +215,7 @@ def test_a_harmless_edit_made_the_same_way_is_accepted(command, clean_checkpoint
     checkpoint = edited(clean_checkpoint, lambda s: s["config"]["dataset"].update({"noise": 3.5}), tmp_path / "edited.pt")
     assert load_checkpoint(checkpoint)["config"]["dataset"]["noise"] == 3.5
     if command == "evaluate":  # eval_main hands over to Hydra's app after its checks: run the task itself
-        from recallseg.engine.checkpoint_evaluation import evaluate_checkpoint
+        from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
         from test_checkpoint_as_data import eval_config
 
         metrics = evaluate_checkpoint(eval_config(checkpoint, tmp_path))
@@ -221,7 +223,8 @@ def test_a_harmless_edit_made_the_same_way_is_accepted(command, clean_checkpoint
         return
     code = run_command(command, checkpoint, tmp_path, monkeypatch) if command != "resume" else None
     if command == "resume":  # the stored noise differs from the run's, so resume with the edited value
-        from recallseg.cli import compose_checked, run_training
+        from recallseg.config.compose import compose_checked
+        from recallseg.commands.train import run_training
 
         cfg = compose_checked("train", [*TINY_OVERRIDES, *SMALL_MODEL, "dataset.noise=3.5", "trainer.max_iters=2", f"resume={checkpoint}", f"output_dir={tmp_path / 'resumed'}"])
         run_training(cfg)
@@ -240,7 +243,7 @@ def test_a_literal_dollar_brace_in_a_stored_string_stays_text(clean_checkpoint, 
     raw = torch.load(tmp_path / "literal.pt", weights_only=True)
     assert raw["config"]["dataset"]["split"] == "\\" + literal  # stored escaped
     assert load_checkpoint(tmp_path / "literal.pt")["config"]["dataset"]["split"] == literal
-    from recallseg.engine.checkpoint_config import checkpoint_config
+    from recallseg.checkpoints.stored_config import checkpoint_config
 
     _, config, _ = checkpoint_config(tmp_path / "literal.pt", ["dataset.noise=0.5"])  # the overrides' resolution keeps it text
     assert config["dataset"]["split"] == literal and config["dataset"]["noise"] == 0.5
@@ -262,7 +265,7 @@ def test_an_unescaped_interpolation_is_refused_whatever_backslashes_come_before(
 
 def test_the_user_may_still_type_interpolations_when_evaluating(clean_checkpoint, monkeypatch):
     """The command line stays the user's: an interpolation they type is resolved as Hydra users expect."""
-    from recallseg.engine.checkpoint_config import checkpoint_config
+    from recallseg.checkpoints.stored_config import checkpoint_config
 
     path = clean_checkpoint
     monkeypatch.setenv("MY_SPLIT", "test")

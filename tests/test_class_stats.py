@@ -32,7 +32,7 @@ def test_class_stats_counts_the_training_split(tmp_path):
 def test_class_stats_records_image_pixels_and_the_config_and_a_run_refuses_another_config(tmp_path):
     from omegaconf import OmegaConf
 
-    from recallseg.engine.setup import training_class_statistics
+    from recallseg.training.build import training_class_statistics
     from recallseg.errors import ConfigError
 
     written, stats, output = class_stats_of_a_folder(tmp_path)
@@ -62,8 +62,8 @@ def test_class_stats_records_image_pixels_and_the_config_and_a_run_refuses_anoth
 def test_statistics_cache_is_keyed_by_the_label_files(tmp_path):
     import os
 
-    from recallseg.data.builder import build_dataset
-    from recallseg.data.statistics import cached_class_statistics
+    from recallseg.pipeline.builder import build_dataset
+    from recallseg.pipeline.class_statistics import cached_class_statistics
 
     written = make_folder(tmp_path / "folder", frames={"train": 2, "val": 1})
     cfg = {"_target_": "recallseg.data.folder.FolderDataset", "root": str(tmp_path / "folder"), "train_split": "train"}
@@ -91,8 +91,8 @@ def test_computing_statistics_leaves_every_random_stream_as_it_was(tmp_path):
     import numpy as np
     import torch
 
-    from recallseg.data.builder import build_dataset
-    from recallseg.data.statistics import cached_class_statistics
+    from recallseg.pipeline.builder import build_dataset
+    from recallseg.pipeline.class_statistics import cached_class_statistics
 
     make_folder(tmp_path / "folder", frames={"train": 2, "val": 1})
     cfg = {"_target_": "recallseg.data.folder.FolderDataset", "root": str(tmp_path / "folder"), "train_split": "train"}

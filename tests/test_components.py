@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from recallseg.data.loading import TrainingStream
-from recallseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from recallseg.engine.optim import ConstantSchedule, PolySchedule, build_optimizer, build_scheduler
-from recallseg.engine.runtime import Normalizer, Runtime, resolve_amp
+from recallseg.pipeline.loaders import TrainingStream
+from recallseg.checkpoints.format import CheckpointError, load_checkpoint, save_checkpoint
+from recallseg.training.optim import ConstantSchedule, PolySchedule, build_optimizer, build_scheduler
+from recallseg.runtime.device import Normalizer, Runtime, resolve_amp
 from recallseg.losses import class_weights_from_counts
 from recallseg.models import build_model
 
@@ -30,7 +30,7 @@ def test_poly_schedule_with_warmup_matches_formula():
 def test_scheduler_steps_per_iteration():
     params = [torch.nn.Parameter(torch.zeros(1))]
     opt = build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True}, params, torch.device("cpu"))
-    sched = build_scheduler({"_target_": "recallseg.engine.optim.PolySchedule", "power": 1.0}, opt, max_iters=4)
+    sched = build_scheduler({"_target_": "recallseg.training.optim.PolySchedule", "power": 1.0}, opt, max_iters=4)
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
@@ -177,7 +177,7 @@ def test_unreachable_encoder_weights_give_a_message_that_says_what_to_do(tmp_pat
 
 
 def test_cuda_graph_option_refuses_what_cannot_be_captured():
-    from recallseg.engine.cuda_graph import check_graph_support
+    from recallseg.training.cuda_graph import check_graph_support
 
     cpu = Runtime(torch.device("cpu"), None, False)
     with pytest.raises(ValueError, match="needs CUDA"):
@@ -194,7 +194,7 @@ def test_capturable_optimizer_keeps_lr_in_a_tensor_the_scheduler_fills():
     opt = build_optimizer({"_target_": "torch.optim.AdamW", "lr": 0.1}, params, torch.device("cpu"), capturable=True)
     lr = opt.param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor)
-    sched = build_scheduler({"_target_": "recallseg.engine.optim.PolySchedule", "power": 1.0}, opt, max_iters=4)
+    sched = build_scheduler({"_target_": "recallseg.training.optim.PolySchedule", "power": 1.0}, opt, max_iters=4)
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] is lr  # filled in place, so a captured graph sees the new value

@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import run_entry_point
-from recallseg.cli import compose_checked
+from recallseg.config.compose import compose_checked
 from recallseg.errors import ConfigError
-from recallseg.schema import validate_train_config
+from recallseg.config.schema import validate_train_config
 
 
 def check(*overrides):
@@ -43,7 +43,7 @@ def test_out_of_range_and_wrong_types_are_refused(override):
 
 
 def test_the_default_config_and_every_loss_pass():
-    from recallseg.config_files import group_options
+    from recallseg.config.files import group_options
 
     for loss in group_options("loss"):
         assert check(f"loss={loss}")["loss"]["_target_"].startswith("recallseg.losses.")

@@ -8,8 +8,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES
-from recallseg.data import build_dataset
-from recallseg.engine.optim import build_optimizer, build_scheduler
+from recallseg.pipeline import build_dataset
+from recallseg.training.optim import build_optimizer, build_scheduler
 from recallseg.losses import LossContext, build_loss
 from recallseg.models import build_model
 

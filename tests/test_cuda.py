@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def make_trainer(tmp_path, *overrides):
-    from recallseg.engine.trainer import Trainer
+    from recallseg.training.trainer import Trainer
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[

@@ -185,9 +185,9 @@ def test_validation_batches_of_mixed_size_frames_score_each_frame_on_its_own(tmp
     matrix equals the sum of per-frame matrices counted by hand (numpy)."""
     import torch
 
-    from recallseg.engine.evaluation import evaluate
-    from recallseg.engine.evaluation_data import evaluation_loader, evaluation_samples
-    from recallseg.engine.runtime import Normalizer, init_runtime
+    from recallseg.evaluation.loop import evaluate
+    from recallseg.evaluation.samples import evaluation_loader, evaluation_samples
+    from recallseg.runtime.device import Normalizer, init_runtime
 
     make_folder(tmp_path, frames={"val": 1})
     rng = np.random.default_rng(1)

@@ -25,9 +25,9 @@ def evaluate_in_process(out, *overrides):
     """evaluate.py's work without a subprocess: compose configs/eval.yaml and call evaluate_checkpoint."""
     from hydra import compose, initialize_config_dir
 
-    from recallseg.engine.checkpoint_evaluation import evaluate_checkpoint
+    from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
 
-    from recallseg.cli import split_eval_arguments
+    from recallseg.commands.evaluate import split_eval_arguments
 
     own, stored = split_eval_arguments([f"output_dir={out}", *overrides])
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
@@ -135,7 +135,7 @@ def test_cityscapes_export_scores_the_same_with_the_official_evaluator(tmp_path)
 
 
 def test_a_non_recallseg_checkpoint_gets_a_clear_error(tmp_path):
-    from recallseg.engine.checkpoint import CheckpointError
+    from recallseg.checkpoints.format import CheckpointError
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
@@ -144,7 +144,7 @@ def test_a_non_recallseg_checkpoint_gets_a_clear_error(tmp_path):
 
 
 def test_a_truncated_checkpoint_gets_a_clear_error(synthetic_checkpoint, tmp_path):
-    from recallseg.engine.checkpoint import CheckpointError
+    from recallseg.checkpoints.format import CheckpointError
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(synthetic_checkpoint.read_bytes()[:100_000])

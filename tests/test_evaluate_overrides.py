@@ -4,8 +4,8 @@ import pytest
 
 from dataset_trees import make_folder
 from model_checkpoints import TINY_RUNTIME, write_checkpoint
-from recallseg.engine.checkpoint_config import checkpoint_config
-from recallseg.engine.checkpoint_evaluation import evaluate_checkpoint
+from recallseg.checkpoints.stored_config import checkpoint_config
+from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
 from recallseg.errors import ConfigError, UserError
 from test_checkpoint_as_data import eval_config
 

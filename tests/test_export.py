@@ -30,8 +30,8 @@ def frames():
 
 def torch_logits(checkpoint, frames):
     """recallseg's own path: the checkpoint's model after runtime.Normalizer."""
-    from recallseg.engine.runtime import Normalizer
-    from recallseg.tools.common import CheckpointModel
+    from recallseg.runtime.device import Normalizer
+    from recallseg.commands.common import CheckpointModel
 
     loaded = CheckpointModel(checkpoint, "cpu", "off")
     with torch.no_grad():
@@ -39,7 +39,7 @@ def torch_logits(checkpoint, frames):
 
 
 def test_raw_input_export_matches_pytorch_at_another_size(checkpoint, frames, tmp_path, capsys):
-    from recallseg.tools.export import main, onnx_outputs
+    from recallseg.commands.export import main, onnx_outputs
 
     logits_file, labels_file = tmp_path / "logits.onnx", tmp_path / "labels.onnx"
     assert main([f"checkpoint={checkpoint}", f"output={logits_file}", "raw_input=true"]) == 0
@@ -62,8 +62,8 @@ def test_raw_input_export_matches_pytorch_at_another_size(checkpoint, frames, tm
 @pytest.mark.slow
 def test_float_input_export_is_the_bare_network(checkpoint, frames, tmp_path):
     """Also the command as a user runs it, from another directory."""
-    from recallseg.engine.runtime import Normalizer, Runtime
-    from recallseg.tools.export import onnx_outputs
+    from recallseg.runtime.device import Normalizer, Runtime
+    from recallseg.commands.export import onnx_outputs
 
     run_entry_point("scripts/export.py", f"checkpoint={checkpoint}", "output=net.onnx", "verify=false", cwd=tmp_path)
     output = tmp_path / "net.onnx"
@@ -72,7 +72,7 @@ def test_float_input_export_is_the_bare_network(checkpoint, frames, tmp_path):
 
 
 def test_bad_arguments_are_one_line(checkpoint, tmp_path, capsys):
-    from recallseg.tools.export import main
+    from recallseg.commands.export import main
 
     assert main([f"checkpoint={tmp_path / 'none.pt'}", f"output={tmp_path / 'm.onnx'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -84,8 +84,8 @@ def test_bad_arguments_are_one_line(checkpoint, tmp_path, capsys):
 
 def test_the_baked_input_step_is_recallsegs_for_either_channel_order(frames):
     """DeployedNetwork(raw_input) == runtime.Normalizer, also for a network trained on BGR."""
-    from recallseg.engine.runtime import Normalizer, Runtime
-    from recallseg.tools.export import DeployedNetwork
+    from recallseg.runtime.device import Normalizer, Runtime
+    from recallseg.commands.export import DeployedNetwork
 
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     runtime = Runtime(torch.device("cpu"), None, False)

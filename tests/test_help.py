@@ -4,8 +4,8 @@ their config files give them (read from the files, so the help cannot drift)."""
 import pytest
 
 from conftest import CONFIG_DIR, run_entry_point
-from recallseg.config_help import documented_options, options_help
-from recallseg.tools import benchmark, compare_losses
+from recallseg.config.help import documented_options, options_help
+from recallseg.commands import benchmark, compare_losses
 
 
 def test_options_and_their_comments_are_read_from_yaml():

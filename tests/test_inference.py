@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from recallseg.engine.inference import (
+from recallseg.evaluation.inference import (
     Inference,
     InferenceSettings,
     benchmark_inference,
@@ -124,8 +124,8 @@ def test_benchmark_reports_images_per_second():
 def test_inference_and_evaluation_never_synchronise_with_the_host():
     from torch.utils.data import DataLoader
 
-    from recallseg.engine.evaluation import evaluate
-    from recallseg.engine.runtime import Normalizer, init_runtime
+    from recallseg.evaluation.loop import evaluate
+    from recallseg.runtime.device import Normalizer, init_runtime
 
     runtime = init_runtime("cuda", "bf16", False)
     model = pointwise_model(classes=4).cuda()

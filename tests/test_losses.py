@@ -22,7 +22,7 @@ from recallseg.errors import ConfigError
 from recallseg.losses import LOSSES, FocalLoss, LossContext, SegmentationLoss, available_losses, build_loss, register_loss
 from recallseg.losses.class_weights import class_weights_from_counts
 from recallseg.losses.functional import class_totals_and_flagged, target_is_top1, target_is_top1_from_log_probs
-from recallseg.losses.fused_statistics import triton_available
+from recallseg.losses.fused.statistics import triton_available
 
 IGNORE = 255
 C = 4
@@ -531,7 +531,7 @@ def test_sync_weights_come_from_the_counts_of_every_rank(tmp_path):
 def test_auto_kernel_keeps_the_torch_path_beyond_the_fused_class_limit():
     from types import SimpleNamespace
 
-    from recallseg.losses.fused_statistics import MAX_CLASSES, use_fused_kernel
+    from recallseg.losses.fused.statistics import MAX_CLASSES, use_fused_kernel
 
     def cuda_logits(classes):  # what use_fused_kernel looks at, without a GPU
         return SimpleNamespace(is_cuda=True, dim=lambda: 4, shape=(1, classes, 8, 8))
@@ -670,7 +670,7 @@ def compile_for_hopper(kernel, num_classes: int, unit_strides: tuple[str, ...]) 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from recallseg.losses.fused_statistics import _launch_geometry
+    from recallseg.losses.fused.statistics import _launch_geometry
 
     _, block_p, block_c = _launch_geometry(torch.empty(1, num_classes, 384, 768, device="meta"))
     constants = {"BLOCK_P": block_p, "BLOCK_C": block_c, "NUM_CLASSES": num_classes, "TILES": 8, **{name: 1 for name in unit_strides}}
@@ -692,7 +692,7 @@ def test_fused_kernels_compile_for_an_h100_with_vectorised_loads(layout):
     (and the gradient written) 16 bytes at a time in either layout, not element by element."""
     import re
 
-    from recallseg.losses.triton_kernels import backward_kernel, forward_kernel
+    from recallseg.losses.fused.triton_kernels import backward_kernel, forward_kernel
 
     unit = ("stride_hw", "grad_stride_hw") if layout == "contiguous" else ("stride_c", "grad_stride_c")
     forward = compile_for_hopper(forward_kernel, 16, unit)

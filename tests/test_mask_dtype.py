@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from dataset_trees import make_folder, random_image, random_labels, write_array, write_rgb
-from recallseg.data import CachedDataset, FolderDataset, SegmentationDataset, SyntheticStreets
-from recallseg.data.loading import eval_loader, train_loader
+from recallseg.pipeline import CachedDataset
+from recallseg.data import FolderDataset, SegmentationDataset, SyntheticStreets
+from recallseg.pipeline.loaders import eval_loader, train_loader
 from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
-from recallseg.data.transforms import build_transform
+from recallseg.pipeline.transforms import build_transform
 
 
 @pytest.mark.parametrize(
@@ -106,7 +107,7 @@ def trainers(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from conftest import CONFIG_DIR, TINY_OVERRIDES
-    from recallseg.engine.trainer import Trainer
+    from recallseg.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("mask_dtype")
     built = []
@@ -118,7 +119,7 @@ def trainers(tmp_path_factory):
 
 
 def test_training_steps_and_evaluation_match_int64_masks(trainers):
-    from recallseg.engine.evaluation import evaluate
+    from recallseg.evaluation.loop import evaluate
 
     compact, wide = trainers
     targets = []
@@ -145,7 +146,7 @@ def test_training_steps_and_evaluation_match_int64_masks(trainers):
 
 
 def test_a_captured_step_refuses_masks_of_another_dtype():
-    from recallseg.engine.cuda_graph import GraphedStep
+    from recallseg.training.cuda_graph import GraphedStep
 
     graphed = GraphedStep(lambda images, masks: masks.sum(), torch.device("cpu"))
     graphed.graph = object()  # as if captured: only the checks before the copy run (no CUDA here)

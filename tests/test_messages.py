@@ -4,7 +4,7 @@ a loader worker; fatal errors in train.log too; no line ever shares the progress
 import pytest
 
 from conftest import TINY_OVERRIDES, run_entry_point
-from recallseg.cli import one_line
+from recallseg.commands.user_errors import one_line
 
 RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval", "trainer.num_workers"))]
 

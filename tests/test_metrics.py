@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from recallseg.metrics import ConfusionMatrix, format_table, metrics_from_confusion
+from recallseg.evaluation.metrics import ConfusionMatrix, format_table, metrics_from_confusion
 
 
 def test_confusion_matrix_counts_pixels_and_skips_ignore():

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR
-from recallseg.data.builder import build_dataset
+from recallseg.pipeline.builder import build_dataset
 from recallseg.errors import UserError
 from recallseg.losses import LossContext, build_loss
 from recallseg.models import build_model
@@ -43,7 +43,7 @@ def test_paper_experiments_follow_the_authors_code(experiment):
     assert cfg["optimizer"]["lr"] == (1e-3 if synthia else 1e-4)
     assert cfg["trainer"]["batch_size"] == 6 and cfg["trainer"]["max_iters"] == (100_000 if synthia else 90_000)
     # lr schedule: constant (their empty lr_schedule -> ConstantLR), no warmup
-    assert cfg["scheduler"]["_target_"] == "recallseg.engine.optim.ConstantSchedule" and cfg["scheduler"]["warmup_iters"] == 0
+    assert cfg["scheduler"]["_target_"] == "recallseg.training.optim.ConstantSchedule" and cfg["scheduler"]["warmup_iters"] == 0
     # precision: fp32
     assert cfg["trainer"]["amp"] == "off"
     # network: their DeepLabV3+ (structure and size: test_authors_network_*)
@@ -123,7 +123,7 @@ def test_class_balanced_auto_beta_is_n_minus_one_over_n_of_the_training_pixels()
 
 
 def test_median_frequency_is_eigen_and_fergus_and_median_count_is_inverse_frequency():
-    from recallseg.data.statistics import ClassStatistics
+    from recallseg.pipeline.class_statistics import ClassStatistics
 
     counts = torch.tensor([600, 300, 100, 50, 0])
     image_pixels = torch.tensor([1000, 1000, 200, 1000, 0])  # class 2 fills half of the few images it is in
@@ -296,7 +296,7 @@ def test_authors_synthia_split_is_per_directory_seeded_shuffle_with_int_cutoffs(
 
 def test_cityscapes_paper_augmentation_crops_769_at_their_discrete_scales(tmp_path, monkeypatch):
     from dataset_trees import make_cityscapes
-    from recallseg.data.transforms import RandomScaleCrop
+    from recallseg.pipeline.transforms import RandomScaleCrop
 
     make_cityscapes(tmp_path / "cityscapes", frames={"train": 1, "val": 1}, size=(300, 600))
     monkeypatch.setenv("RECALLSEG_DATA", str(tmp_path))

@@ -7,7 +7,7 @@ import pytest
 from conftest import run_entry_point
 from model_checkpoints import write_checkpoint
 from recallseg.data.synthetic import CLASSES, PALETTE, SyntheticStreets
-from recallseg.tools import predict
+from recallseg.commands import predict
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_inputs_sharing_a_stem_get_distinct_predictions(checkpoint, tmp_path):
 
 
 def test_unique_output_names():
-    from recallseg.engine.predictions import unique_output_names
+    from recallseg.evaluation.predictions import unique_output_names
 
     assert unique_output_names(["x/a.jpg", "x/a.PNG", "a.png", "b.tif"]) == ["x/a.jpg", "x/a.PNG", "a", "b"]
     assert unique_output_names(["A.jpg", "a.png"]) == ["A.jpg", "a.png"]  # case-insensitive file systems

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_OVERRIDES, read_json, run_entry_point
-from recallseg.engine.checkpoint import load_checkpoint
+from recallseg.checkpoints.format import load_checkpoint
 
 RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval"))]
 
@@ -157,7 +157,7 @@ def test_skipping_keeps_the_scaler_at_one_so_later_steps_are_exact(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from conftest import CONFIG_DIR
-    from recallseg.engine.trainer import Trainer
+    from recallseg.training.trainer import Trainer
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"output_dir={tmp_path}", *RUN, "loss=ce", "trainer.nonfinite=skip"])
@@ -176,7 +176,7 @@ def test_skipping_keeps_the_scaler_at_one_so_later_steps_are_exact(tmp_path):
 
 
 def test_each_rank_resumes_its_own_random_state(caplog):
-    from recallseg.engine.random_state import rng_state_for_rank
+    from recallseg.runtime.random_state import rng_state_for_rank
 
     states = [{"torch": torch.tensor([rank])} for rank in range(3)]
     checkpoint = {"rng": states[0], "rng_per_rank": states}

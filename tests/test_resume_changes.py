@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES
-from recallseg.engine.trainer import Trainer
+from recallseg.training.trainer import Trainer
 from recallseg.errors import UserError
-from recallseg.schema import validate_train_config
+from recallseg.config.schema import validate_train_config
 
 
 def trainer(run_dir, *overrides):

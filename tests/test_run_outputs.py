@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_OVERRIDES, run_entry_point
-from recallseg.engine.checkpoint import load_checkpoint
+from recallseg.checkpoints.format import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def tensorboard_images(run_dir) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_validation_pictures_show_image_truth_and_the_models_prediction(run):
     from recallseg.data.synthetic import PALETTE, SyntheticStreets
-    from recallseg.engine.runtime import Normalizer, Runtime
-    from recallseg.engine.tensorboard_images import picked_indices
+    from recallseg.runtime.device import Normalizer, Runtime
+    from recallseg.training.tensorboard_images import picked_indices
     from recallseg.models import build_model
 
     pictures = tensorboard_images(run)
@@ -87,7 +87,7 @@ def test_a_resume_from_best_pt_is_refused_in_one_line(run, tmp_path):
 @pytest.mark.slow
 def test_best_pt_is_evaluated_predicted_and_exported(run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from recallseg.tools import export, predict
+    from recallseg.commands import export, predict
 
     best = run / "checkpoints" / "best.pt"
     result = run_entry_point("evaluate.py", f"checkpoint={best}", f"hydra.run.dir={tmp_path / 'eval'}")

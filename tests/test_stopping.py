@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_OVERRIDES
-from recallseg.engine.checkpoint import load_checkpoint
+from recallseg.checkpoints.format import load_checkpoint
 
 RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval", "trainer.num_workers"))]
 
@@ -143,7 +143,7 @@ def test_a_process_exits_with_a_loader_it_never_shut_down():
     """Workers ignore SIGTERM, the signal multiprocessing stops them with at exit: a loader left
     running (referenced by an error's traceback, say) must not keep the process from exiting."""
     code = (
-        "from torch.utils.data import DataLoader\nfrom recallseg.data.loading import worker_init\n"
+        "from torch.utils.data import DataLoader\nfrom recallseg.pipeline.loaders import worker_init\n"
         "batches = iter(DataLoader(list(range(8)), num_workers=1, worker_init_fn=worker_init, persistent_workers=True))\n"
         "next(batches)\n"
     )

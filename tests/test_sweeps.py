@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES, read_json, run_entry_point
-from recallseg.tools import compare_losses
+from recallseg.commands import compare_losses
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 

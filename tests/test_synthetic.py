@@ -1,7 +1,7 @@
 import numpy as np
 
 from recallseg.data import SyntheticStreets
-from recallseg.data.statistics import cached_class_statistics, class_statistics
+from recallseg.pipeline.class_statistics import cached_class_statistics, class_statistics
 
 
 def test_samples_are_deterministic_per_seed_and_differ_across_seeds():

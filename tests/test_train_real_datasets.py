@@ -21,7 +21,7 @@ def runs(tmp_path_factory):
     make_synthia_seqs(data / "synthia", frames=2, size=SIZE)
     make_synthia_rand(data / "synthia_rand_cityscapes", frames=10, size=SIZE)
     make_folder(data / "folder", frames={"train": 4, "val": 2}, size=SIZE)
-    crop = "[{_target_:recallseg.data.transforms.RandomScaleCrop,height:64,width:64,scale:[0.75,2.0],fill_mask:255}]"
+    crop = "[{_target_:recallseg.pipeline.transforms.RandomScaleCrop,height:64,width:64,scale:[0.75,2.0],fill_mask:255}]"
     result = run_entry_point(
         "train.py", "-m", f"dataset={','.join(DATASETS)}",
         f"dataset.train_transform={crop}", "++dataset.resize=null", "++dataset.cache=true",  # ++: the sweep setup composes the default dataset

@@ -4,11 +4,11 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from recallseg.data.builder import build_dataset
-from recallseg.data.transforms import RandomScaleCrop, build_transform, check_output_size, pad_to_multiple
+from recallseg.pipeline.builder import build_dataset
+from recallseg.pipeline.transforms import RandomScaleCrop, build_transform, check_output_size, pad_to_multiple
 from recallseg.errors import ConfigError
 
-CROP = {"_target_": "recallseg.data.transforms.RandomScaleCrop", "height": 64, "width": 96, "scale": [0.75, 2.0], "fill_mask": 255}
+CROP = {"_target_": "recallseg.pipeline.transforms.RandomScaleCrop", "height": 64, "width": 96, "scale": [0.75, 2.0], "fill_mask": 255}
 
 
 def sample(height=50, width=70):

@@ -1,18 +1,14 @@
-"""Datasets, transforms, loaders and class statistics."""
+"""Datasets: the built-in ones and the base class of your own (reading files, checking labels)."""
 
-from .base import SegmentationDataset
-from .builder import build_dataset
-from .cache import CachedDataset
-from .cityscapes import Cityscapes
-from .folder import FolderDataset
-from .io import DatasetError
-from .synthetic import SyntheticStreets
-from .synthia import Synthia, SynthiaRandCityscapes
+from recallseg.data.base import SegmentationDataset
+from recallseg.data.cityscapes import Cityscapes
+from recallseg.data.folder import FolderDataset
+from recallseg.data.io import DatasetError
+from recallseg.data.synthetic import SyntheticStreets
+from recallseg.data.synthia import Synthia, SynthiaRandCityscapes
 
 __all__ = [
     "SegmentationDataset",
-    "build_dataset",
-    "CachedDataset",
     "Cityscapes",
     "DatasetError",
     "FolderDataset",

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from .masks import compact_mask_dtype, to_mask_dtype
+from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
 
 
 class SegmentationDataset(Dataset):

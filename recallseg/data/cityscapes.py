@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import DatasetError, FilePairDataset, Sample, check_label_values, layout_error, list_files, pair_files, lookup_table
+from recallseg.data.io import DatasetError, FilePairDataset, Sample, check_label_values, layout_error, list_files, pair_files, lookup_table
 
 CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from .io import IMAGE_EXTENSIONS, DatasetError, FilePairDataset, Sample, check_label_values, layout_error, pair_files
+from recallseg.data.io import IMAGE_EXTENSIONS, DatasetError, FilePairDataset, Sample, check_label_values, layout_error, pair_files
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
 LAYOUT = """\

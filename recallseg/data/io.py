@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from ..errors import UserError
-from .base import SegmentationDataset
+from recallseg.errors import UserError
+from recallseg.data.base import SegmentationDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import SegmentationDataset
+from recallseg.data.base import SegmentationDataset
 
 CLASSES = ("road", "sidewalk", "building", "sky", "vegetation", "car", "pedestrian", "traffic sign", "pole")
 PALETTE = (

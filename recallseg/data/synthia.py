@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .io import DatasetError, FilePairDataset, Sample, check_label_values, layout_error, list_files, lookup_table, pair_files, read_label
+from recallseg.data.io import DatasetError, FilePairDataset, Sample, check_label_values, layout_error, list_files, lookup_table, pair_files, read_label
 
 SPLITS = ("train", "val", "test", "all")
 LABEL_CHANNEL = 2  # R in OpenCV's BGR order

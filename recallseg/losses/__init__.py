@@ -1,10 +1,10 @@
 """Losses: one module per loss, all reachable through the registry (``build_loss``)."""
 
-from .registry import LOSSES, LossContext, SegmentationLoss, available_losses, build_loss, loss_config, register_loss
-from .class_weights import class_weights_from_counts
-from .cross_entropy import CrossEntropyLoss
-from .weighted_cross_entropy import WeightedCrossEntropyLoss
-from .recall import RecallLoss
+from recallseg.losses.registry import LOSSES, LossContext, SegmentationLoss, available_losses, build_loss, loss_config, register_loss
+from recallseg.losses.class_weights import class_weights_from_counts
+from recallseg.losses.cross_entropy import CrossEntropyLoss
+from recallseg.losses.weighted_cross_entropy import WeightedCrossEntropyLoss
+from recallseg.losses.recall import RecallLoss
 
 __all__ = [
     "LOSSES",
@@ -19,11 +19,11 @@ __all__ = [
     "WeightedCrossEntropyLoss",
     "RecallLoss",
 ]
-from .focal import FocalLoss
-from .lovasz import LovaszLoss
-from .ohem import OhemCrossEntropyLoss
-from .class_balanced import ClassBalancedCrossEntropyLoss
-from .combined import CombinedLoss
-from .soft_iou import SoftIoULoss
+from recallseg.losses.focal import FocalLoss
+from recallseg.losses.lovasz import LovaszLoss
+from recallseg.losses.ohem import OhemCrossEntropyLoss
+from recallseg.losses.class_balanced import ClassBalancedCrossEntropyLoss
+from recallseg.losses.combined import CombinedLoss
+from recallseg.losses.soft_iou import SoftIoULoss
 
 __all__ += ["FocalLoss", "LovaszLoss", "OhemCrossEntropyLoss", "ClassBalancedCrossEntropyLoss", "CombinedLoss", "SoftIoULoss"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .class_weights import class_weights_from_counts
-from .registry import LossContext
-from .weighted_cross_entropy import WeightedCrossEntropyLoss
+from recallseg.losses.class_weights import class_weights_from_counts
+from recallseg.losses.registry import LossContext
+from recallseg.losses.weighted_cross_entropy import WeightedCrossEntropyLoss
 
 
 class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import LossContext, SegmentationLoss, build_loss
+from recallseg.losses.registry import LossContext, SegmentationLoss, build_loss
 
 
 class CombinedLoss(SegmentationLoss):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
-from .registry import SegmentationLoss
+from recallseg.losses.fused.statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
+from recallseg.losses.registry import SegmentationLoss
 
 
 class CrossEntropyLoss(SegmentationLoss):

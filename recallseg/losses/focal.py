@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .functional import masked_mean, safe_target, valid_mask
-from .registry import SegmentationLoss
+from recallseg.losses.functional import masked_mean, safe_target, valid_mask
+from recallseg.losses.registry import SegmentationLoss
 
 
 class FocalLoss(SegmentationLoss):

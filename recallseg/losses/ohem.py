@@ -8,8 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .functional import valid_mask
-from .registry import SegmentationLoss
+from recallseg.losses.functional import valid_mask
+from recallseg.losses.registry import SegmentationLoss
 
 
 class OhemCrossEntropyLoss(SegmentationLoss):

@@ -7,9 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .functional import class_sums, class_totals_and_flagged, target_is_top1_from_log_probs
-from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
-from .registry import SegmentationLoss
+from recallseg.losses.functional import class_sums, class_totals_and_flagged, target_is_top1_from_log_probs
+from recallseg.losses.fused.statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
+from recallseg.losses.registry import SegmentationLoss
 
 
 class RecallLoss(SegmentationLoss):

@@ -30,9 +30,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..config_files import config_dir, group_options
-from ..construct import check_options, check_trusted_object, check_untrusted_text, locate, plain
-from ..errors import ConfigError, UserError, nearest
+from recallseg.config.files import config_dir, group_options
+from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, plain
+from recallseg.errors import ConfigError, UserError, nearest
 
 # Losses registered from Python: name -> their config section ({_target_: ..., **defaults}).
 LOSSES: dict[str, dict[str, Any]] = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .functional import safe_target, valid_mask
-from .registry import RegionLoss
+from recallseg.losses.functional import safe_target, valid_mask
+from recallseg.losses.registry import RegionLoss
 
 
 def soft_iou_loss(

@@ -10,9 +10,9 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .class_weights import RENAMED_MODES, WEIGHT_MODES, class_weights_from_counts
-from .fused_statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
-from .registry import LossContext, SegmentationLoss
+from recallseg.losses.class_weights import RENAMED_MODES, WEIGHT_MODES, class_weights_from_counts
+from recallseg.losses.fused.statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
+from recallseg.losses.registry import LossContext, SegmentationLoss
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Models: any segmentation-models-pytorch architecture, or your own, chosen by config."""
 
-from .builder import build_model
+from recallseg.models.builder import build_model
 
 __all__ = ["build_model"]

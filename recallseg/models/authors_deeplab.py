@@ -47,7 +47,7 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from ..errors import UserError
+from recallseg.errors import UserError
 
 log = logging.getLogger(__name__)
 

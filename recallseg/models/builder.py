@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..construct import build, plain
-from ..errors import UserError
+from recallseg.config.construct import build, plain
+from recallseg.errors import UserError
 
 INPUT_KEYS = ("mean", "std", "channel_order")
 

@@ -1,0 +1,36 @@
+"""What each checkpoint of a run holds.
+
+- ``last.pt``: everything a resume needs (weights, optimizer, scheduler, scaler, loss state,
+  random states, iteration, best score, config, classes, palette).
+- ``best.pt``: what evaluation, prediction and export need: the weights, the config, the
+  classes and palette, and the score that made it the best (with its iteration). No
+  optimizer, scaler or random states, so it is about a third of ``last.pt`` for AdamW.
+
+Both load with ``torch.load(weights_only=True)`` (``engine.checkpoint``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from recallseg.checkpoints.format import CheckpointError
+
+# The keys of a resume's state that the best model keeps.
+INFERENCE_KEYS = ("model", "config", "classes", "palette", "iteration", "best_score", "monitor")
+
+
+def for_inference(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of a training ``state`` that ``best.pt`` holds."""
+    return {key: state[key] for key in INFERENCE_KEYS if key in state}
+
+
+def require_training_state(state: dict[str, Any], path: str | Path) -> None:
+    """Refuse to resume from a checkpoint without optimizer state (``best.pt``, an exported model)."""
+    missing = [key for key in ("optimizer", "scheduler", "iteration") if key not in state]
+    if missing:
+        path = Path(path)
+        raise CheckpointError(
+            f"resume={path}: it holds the model only (no {', '.join(missing)} state), so a run cannot continue from it; "
+            f"resume from {path.with_name('last.pt')} (or resume=auto), or start a new run from these weights"
+        )

@@ -1,0 +1,100 @@
+"""Which checkpoint a run continues from, and what it may assume about the run directory.
+
+- A fresh run never overwrites a run: checkpoints in the directory refuse it.
+- ``resume=auto`` takes the newest checkpoint holding training state (``last.pt`` on a tie).
+  Checkpoints exist but none can be resumed (truncated, foreign, a refused payload, weights
+  only): the run is refused and the files stay as they are. ``last.pt`` cannot be read but
+  another checkpoint holds training state: the run continues from that one and says so.
+- The best score a resumed run starts with is the one ``best.pt`` holds: after a kill between
+  writing ``best.pt`` and ``last.pt`` the two agree again, and a missing or unreadable
+  ``best.pt`` resets the score (so the next validation writes a new one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from recallseg.errors import UserError
+from recallseg.checkpoints.format import CheckpointError, load_checkpoint
+
+log = logging.getLogger("recallseg")
+
+
+class RunRefused(UserError):
+    """The run directory cannot be used as asked; nothing in it was changed."""
+
+
+def refuse_existing_run(checkpoint_dir: Path) -> None:
+    """A fresh run never overwrites one: refuse a run directory that already holds checkpoints."""
+    existing = sorted(checkpoint_dir.glob("*.pt")) if checkpoint_dir.is_dir() else []
+    if existing:
+        raise RunRefused(
+            f"{checkpoint_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): recallseg never overwrites "
+            "a run; continue it with resume=auto, or choose another hydra.run.dir"
+        )
+
+
+def _problem(path: Path, state: dict[str, Any] | None, error: Exception | None) -> str | None:
+    if error is not None:
+        return " ".join(str(error).replace(str(path), path.name).split())
+    if "optimizer" not in state or "iteration" not in state:
+        return f"{path.name} holds no training state (weights only), so a run cannot continue from it"
+    return None
+
+
+def newest_resumable(checkpoint_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """``resume=auto``'s checkpoint and its (CPU) state; None when the directory holds none at all."""
+    files = sorted(checkpoint_dir.glob("*.pt")) if checkpoint_dir.is_dir() else []
+    best: tuple[tuple[int, bool], Path, dict[str, Any]] | None = None
+    problems: dict[Path, str] = {}
+    for path in files:
+        state, error = None, None
+        try:
+            state = load_checkpoint(path, map_location="cpu")
+        except CheckpointError as caught:
+            error = caught
+        problem = _problem(path, state, error)
+        if problem is not None:
+            problems[path] = problem
+            continue
+        rank = (int(state["iteration"]), path.name == "last.pt")
+        if best is None or rank > best[0]:
+            best = (rank, path, state)
+    if not files:
+        return None
+    if best is None:
+        raise RunRefused(
+            f"resume=auto: no checkpoint in {checkpoint_dir} can be resumed ({'; '.join(problems.values())}); nothing was changed: "
+            "continue from a good copy with resume=<path>, or start afresh in another hydra.run.dir"
+        )
+    _, path, state = best
+    for bad, problem in problems.items():
+        log.warning("resume=auto: cannot use %s (%s); continuing from %s at iteration %d instead", bad, problem, path.name, int(state["iteration"]))
+    return path, state
+
+
+def reconciled_best_score(checkpoint_dir: Path, state: dict[str, Any], resumed_from: Path) -> float:
+    """The best score to continue with: the one ``best.pt`` holds (see the module docstring)."""
+    recorded = float(state.get("best_score", -math.inf))
+    best_path = checkpoint_dir / "best.pt"
+    if resumed_from.resolve() == best_path.resolve():
+        return recorded
+    try:
+        held = load_checkpoint(best_path, map_location="cpu").get("best_score") if best_path.is_file() else None
+        problem = None if best_path.is_file() else "is missing"
+    except CheckpointError as error:
+        held, problem = None, f"cannot be read ({' '.join(str(error).split())})"
+    if problem is not None:
+        if math.isfinite(recorded):
+            log.warning(
+                "%s %s: the best %s recorded in %s (%.4f) is reset, so the next validation writes a new best.pt",
+                best_path, problem, state.get("monitor", "score"), resumed_from.name, recorded,
+            )  # fmt: skip
+        return -math.inf
+    held = recorded if held is None else float(held)
+    if held != recorded:
+        log.warning("best.pt holds best %s %.4f, %s recorded %.4f: continuing with best.pt's", state.get("monitor", "score"), held, resumed_from.name, recorded)
+    return held

@@ -1,0 +1,1 @@
+"""The command-line programs (train, evaluate, predict, export, compare, class-stats, benchmark)."""

@@ -1,0 +1,119 @@
+"""Segment your own images with a trained checkpoint: colour masks and overlays.
+
+    recallseg-predict checkpoint=outputs/.../checkpoints/best.pt input=photos/ output=predicted/
+    recallseg-predict checkpoint=best.pt input=street.jpg output=out/ inference.mode=slide inference.flip=true
+
+``input`` is an image file or a folder (searched recursively) of images in any format and
+size OpenCV reads; files it cannot decode are skipped with a warning. For every image
+``output/color/<name>.png`` (palette colours) and ``output/overlay/<name>.png`` (colours over
+the image) are written, ``<name>`` being the file's path without its extension (with it, for
+files that would otherwise share a name: ``a.jpg.png`` and ``a.png.png``); ``formats=[color,overlay,index]`` picks others (``index``: class ids).
+
+Options (key=value): ``device`` (auto | cpu | cuda), ``amp`` (auto | bf16 | fp16 | off),
+``alpha`` (overlay opacity), ``inference.*`` as in configs/eval.yaml (mode, crop_size, stride,
+window_batch, flip, scales).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from recallseg.commands.common import CheckpointModel, ToolError, exit_code, parse_options, wants_help
+
+DEFAULTS = {
+    "checkpoint": "???",
+    "input": "???",
+    "output": "???",
+    "formats": ["color", "overlay"],
+    "alpha": 0.5,
+    "device": "auto",
+    "amp": "auto",
+    "inference": {},
+}
+USAGE = "recallseg-predict checkpoint=PATH input=FILE_OR_FOLDER output=FOLDER [formats=[color,overlay,index]] [device=cpu] [inference.mode=slide ...]"
+PredictError = ToolError
+
+
+def parse_args(argv: list[str]):
+    return parse_options(argv, DEFAULTS, ("checkpoint", "input", "output"), USAGE)
+
+
+def find_images(path: Path) -> list[tuple[Path, str]]:
+    """``(file, output name)`` of the input file, or of every file under the input folder (decoded later)."""
+    if path.is_file():
+        return [(path, path.stem)]
+    if not path.is_dir():
+        raise PredictError(f"input {path} does not exist; give an image file or a folder of images")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise PredictError(f"no readable image in {path}: the folder is empty. Give a folder holding PNG, JPEG, BMP, TIFF or WebP images.")
+    from recallseg.evaluation.predictions import unique_output_names
+
+    try:
+        names = unique_output_names([file.relative_to(path) for file in files])
+    except ValueError as error:
+        raise PredictError(str(error)) from None
+    return list(zip(files, names))
+
+
+def predict(cfg) -> list[Path]:
+    import torch
+
+    from recallseg.data.io import DatasetError, read_image
+    from recallseg.evaluation.inference import Inference, InferenceSettings
+    from recallseg.evaluation.predictions import PredictionWriter
+    from recallseg.runtime.device import Normalizer
+
+    images = find_images(Path(cfg.input))
+    settings = InferenceSettings.from_config(OmegaConf.to_container(cfg.inference, resolve=True))
+    loaded = CheckpointModel(cfg.checkpoint, cfg.device, cfg.amp)
+    runtime, model, classes = loaded.runtime, loaded.model, loaded.classes
+    normalizer = Normalizer(loaded.mean, loaded.std, runtime, loaded.channel_order)
+    infer = Inference(settings)
+    names = [name for _, name in images]
+    palette = loaded.palette()
+    writers = [PredictionWriter(Path(cfg.output) / fmt, fmt, names, classes, palette, cfg.alpha) for fmt in cfg.formats]
+    written, skipped = [], []
+    with torch.no_grad():
+        for index, (file, _) in enumerate(images):
+            try:
+                image = read_image(file)
+            except DatasetError as error:
+                if len(images) == 1:
+                    raise
+                skipped.append(f"{file.name} ({str(error).split(': ', 1)[-1]})")
+                print(f"warning: skipped {file}: {error}", file=sys.stderr)
+                continue
+            x = normalizer(torch.from_numpy(image)[None])
+            with runtime.autocast():
+                prediction = infer(model, x).argmax(1)[0]
+            prediction = prediction.cpu()
+            for writer in writers:
+                written.append(writer.write(prediction, index, image))
+    if skipped and len(skipped) == len(images):
+        listed = "; ".join(skipped[:5]) + (f"; ... and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        raise PredictError(
+            f"no readable image in {cfg.input}: {len(skipped)} file(s), none decodable by OpenCV ({listed}). "
+            "Give a folder holding PNG, JPEG, BMP, TIFF or WebP images."
+        )
+    print(f"{len(images) - len(skipped)} image(s) -> {', '.join(str(w.directory) for w in writers)}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: 0 on success, 2 after a one-line error."""
+    if wants_help(sys.argv[1:] if argv is None else argv, __doc__):
+        return 0
+    return exit_code(lambda args: predict(parse_args(args)), argv)
+
+
+def cli() -> None:
+    """``recallseg-predict``."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

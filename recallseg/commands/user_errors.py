@@ -1,0 +1,65 @@
+"""How a command ends on a user's mistake: one line, ``error: <what>: <why>; <what to do>``, exit 2.
+
+Only ``UserError``s and the OS conditions of the user's own files print that way (also into the
+run's ``train.log`` where there is one); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import traceback
+from typing import Iterator
+
+from recallseg.errors import UserError
+
+
+class Refused(UserError):
+    """A refusal that must leave the run directory untouched (not even train.log)."""
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error; a DataLoader worker's error is unwrapped from its traceback."""
+    text = str(error)
+    if "Original Traceback" in text:  # re-raised from a loader worker: the traceback ends with "module.Type: message"
+        lines = text.strip().splitlines()
+        name = type(error).__name__
+        starts = [i for i, line in enumerate(lines) if re.match(rf"^(?:[\w.]+\.)?{re.escape(name)}: ", line)]
+        if starts:  # the message may span lines
+            text = "\n".join(lines[starts[-1]:]).split(": ", 1)[1]
+        else:
+            last = [line for line in lines if line.strip()][-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
+def write_to_run_log(text: str, level: int = logging.ERROR) -> None:
+    """Write ``text`` to the run's log file(s) only (train.log), not again to the console."""
+    record = logging.LogRecord("recallseg", level, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers + logging.getLogger("recallseg").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+@contextlib.contextmanager
+def user_errors(log_to_run: bool = False) -> Iterator[None]:
+    """Print a UserError (and the file-system and numeric ones a user causes) as one line; exit 2."""
+    from recallseg.checkpoints.resume import RunRefused
+
+    try:
+        yield
+    except (UserError, FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError, FloatingPointError) as error:
+        line = f"error: {one_line(error)}"
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)  # on its own line, never on a progress bar's
+        sys.stderr.flush()
+        if log_to_run and not isinstance(error, (Refused, RunRefused)):
+            write_to_run_log(line)
+        raise SystemExit(2) from None
+    except Exception:  # a bug: its traceback reaches the console (Hydra prints it) and train.log
+        if log_to_run:
+            write_to_run_log("training failed:\n" + traceback.format_exc().rstrip())
+        raise

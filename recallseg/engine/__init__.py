@@ -1,1 +1,0 @@
-"""The training loop, evaluation, checkpoints and the runtime (device, precision, distribution)."""

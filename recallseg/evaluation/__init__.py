@@ -1,0 +1,1 @@
+"""Scoring a model: metrics, inference, the evaluation loop, reports and predictions."""

@@ -1,0 +1,124 @@
+"""Score a checkpoint: rebuild model and dataset from the config stored in it, apply the
+user's command-line overrides on top, evaluate, and write the report (evaluation_report.py)
+and, on request, the predictions (predictions.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recallseg.config.construct import plain
+
+from recallseg.pipeline.builder import build_dataset
+from recallseg.evaluation.metrics import format_table, metrics_from_confusion
+from recallseg.models import build_model
+from recallseg.checkpoints.format import CheckpointError, require_finite_weights
+from recallseg.checkpoints.stored_config import checkpoint_config, read_checkpoint
+from recallseg.evaluation.loop import evaluate
+from recallseg.evaluation.samples import evaluation_loader, evaluation_samples, sample_names
+from recallseg.evaluation.report import write_evaluation_report
+from recallseg.evaluation.inference import Inference, InferenceSettings
+from recallseg.evaluation.predictions import PredictionWriter
+from recallseg.runtime.device import Normalizer, Runtime, init_runtime
+
+log = logging.getLogger("recallseg")
+
+__all__ = ["evaluate_checkpoint", "model_from_checkpoint", "read_checkpoint", "check_classes"]
+
+
+def check_classes(state: dict, classes: list[str], checkpoint_path: Path, where: str) -> None:
+    """The dataset must have the checkpoint's classes, by name and order (not just as many)."""
+    stored = list(state.get("classes") or [])
+    if stored != list(classes):
+        detail = f"{len(stored)} vs {len(classes)} classes" if len(stored) != len(classes) else f"first difference: {next(f'{a!r} vs {b!r}' for a, b in zip(stored, classes) if a != b)}"
+        raise CheckpointError(
+            f"{checkpoint_path}: it was trained for classes {stored} but {where} has {list(classes)} ({detail}); evaluate it on "
+            "data with the same classes, mapped to them if needed (a Synthia model on Cityscapes: dataset.class_set=synthia16)"
+        )
+
+
+def model_from_checkpoint(
+    state: dict, cfg: Mapping[str, Any], num_classes: int, runtime: Runtime, checkpoint_path: Path, named_by_user: frozenset[str] = frozenset()
+) -> torch.nn.Module:
+    """The checkpoint's model, built from its stored (untrusted) ``model`` section without downloading
+    anything, with its weights, on the runtime's device, in eval mode."""
+    require_finite_weights(state, checkpoint_path)
+    model_cfg = plain(cfg["model"])
+    model = build_model(model_cfg, num_classes, trusted=False, named_by_user=named_by_user, offline=True)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(
+            f"{checkpoint_path}: its weights do not fit model {model_cfg.get('_target_')} ({first}); do not override model.* "
+            "when evaluating a checkpoint"
+        ) from None
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
+    """Evaluate ``eval_cfg.checkpoint`` on ``dataset.split`` (``overrides`` change the stored config);
+    returns the metrics (also written to metrics.json)."""
+    checkpoint_path = Path(eval_cfg.checkpoint)
+    state, stored, named = checkpoint_config(checkpoint_path, overrides)
+    ecfg = OmegaConf.to_container(eval_cfg, resolve=True)
+    settings = InferenceSettings.from_config(ecfg["inference"])
+    evaluation, pcfg = ecfg["evaluation"], ecfg["predictions"]
+    trainer = stored.get("trainer", {})
+    runtime = init_runtime(trainer.get("device", "auto"), trainer.get("amp", "auto"), trainer.get("channels_last", "auto"))
+    split = stored["dataset"].get("split", "val")
+    dataset = build_dataset(stored["dataset"], split, train=False, transform=None, trusted=False, named_by_user=named)
+    classes = list(dataset.classes)
+    check_classes(state, classes, checkpoint_path, f"dataset {type(dataset).__name__} ({split} split)")
+    model = model_from_checkpoint(state, stored, len(classes), runtime, checkpoint_path, named)
+    out = Path(ecfg["output_dir"])
+    writer = None
+    if pcfg["save"]:
+        writer = PredictionWriter(
+            pcfg["dir"] or out / "predictions", pcfg["format"], sample_names(dataset), classes, palette=dataset.palette, alpha=pcfg["alpha"],
+        )  # fmt: skip
+    full_resolution = evaluation["full_resolution"]
+    samples = evaluation_samples(
+        stored["dataset"], dataset, full_resolution, keep_image=writer is not None and writer.needs_image, trusted=False, named_by_user=named
+    )  # fmt: skip
+    batch_size = evaluation["batch_size"] or trainer.get("batch_size", 1)
+    loader = evaluation_loader(samples, batch_size, evaluation["num_workers"], runtime.rank, runtime.world_size, pin_memory=runtime.device.type == "cuda")
+    normalizer = Normalizer.for_model(stored["model"], runtime)
+
+    def save(prediction: torch.Tensor, index: int, batch: dict) -> None:
+        image = batch["source_image"][batch["index"].index(index)] if writer.needs_image else None
+        writer.write(prediction, index, image)
+
+    log.info("evaluating %s on %s/%s (%d images), inference %s", checkpoint_path, type(dataset).__name__, split, len(dataset), settings.as_dict())
+    matrix = evaluate(
+        model, loader, normalizer, runtime, len(classes), dataset.ignore_index, predict=Inference(settings), on_prediction=save if writer else None
+    )
+    confusion = matrix.compute()
+    metrics = metrics_from_confusion(confusion, classes)
+    if runtime.is_main:
+        if int(confusion.sum()) == 0:
+            log.warning("no labelled pixels in the %s split (a test split without public labels?): every metric is n/a", split)
+        print(format_table(metrics), flush=True)
+        extra: dict[str, Any] = {
+            "iteration": int(state.get("iteration", 0)),
+            "checkpoint": str(checkpoint_path),
+            "split": split,
+            "dataset": type(dataset).__name__,
+            "images": len(dataset),
+            "inference": settings.as_dict(),
+            "evaluation": {"full_resolution": full_resolution, "batch_size": int(batch_size), "amp": str(runtime.amp_dtype or "off").replace("torch.", "")},
+        }
+        if writer is not None:
+            extra["predictions"] = {"format": writer.format, "dir": str(writer.directory)}
+        files = write_evaluation_report(out, metrics, confusion.cpu().numpy(), classes, **extra)
+        log.info("metrics written to %s (also %s)", files["metrics.json"], ", ".join(name for name in files if name != "metrics.json"))
+        if writer is not None:
+            log.info("%d predictions (%s) written to %s", writer.written, writer.format, writer.directory)
+    return metrics

@@ -1,0 +1,1 @@
+"""Fused recall statistics: an autograd function and its Triton kernels."""

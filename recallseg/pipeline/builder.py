@@ -1,0 +1,78 @@
+"""Build datasets and their transforms from the ``dataset`` config group.
+
+A dataset config names its class with ``_target_``; every other key is a constructor
+argument, except the reserved keys below, which the builder consumes:
+
+- ``train_transform`` / ``val_transform``: transform specs (see ``transforms.py``);
+- ``split``: the split that evaluation scores (``val`` by default, ``test`` possible);
+- ``train_split`` / ``val_split``: the splits that training uses and validates on (``train``, ``val``);
+- ``stats_file``: class statistics JSON (``recallseg-class-stats``) used instead of computing counts;
+- ``cache``: true to keep decoded frames in a memory-mapped cache (see ``cache.py``);
+- ``cache_dir``: where the cache lives (``$RECALLSEG_CACHE`` or ``.cache/recallseg``);
+- ``size_divisor``: the model's output stride (e.g. 32): fixed crop/resize sizes must be
+  multiples of it, and a pipeline with a frame-dependent output size is padded to one
+  (image with 0, mask with the dataset's ignore index).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from recallseg.config.construct import build
+from recallseg.errors import ConfigError
+from recallseg.data.base import SegmentationDataset
+from recallseg.pipeline.cache import CachedDataset
+from recallseg.pipeline.transforms import build_transform
+
+RESERVED_KEYS = (
+    "_target_", "train_transform", "val_transform", "split", "train_split", "val_split", "stats_file", "cache", "cache_dir", "size_divisor",
+)
+
+
+def dataset_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of the dataset described by ``cfg``."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return {key: value for key, value in cfg.items() if key not in RESERVED_KEYS}
+
+
+def build_dataset(
+    cfg: Mapping[str, Any], split: str, train: bool | None = None, transform: Any = "auto", *, trusted: bool = True,
+    named_by_user: frozenset[str] = frozenset(),
+) -> SegmentationDataset:
+    """Instantiate the dataset of ``cfg`` for ``split``.
+
+    ``train`` picks the transform pipeline (train or val); by default it is ``split == train_split``.
+    Pass ``transform=None`` for raw samples (statistics, checks). With ``cache: true`` the
+    dataset is wrapped in a ``CachedDataset`` and the transform runs after the cache.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if train is None:
+        train = split == cfg.get("train_split", "train")
+    options = dataset_options(cfg)
+    size_divisor = cfg.get("size_divisor")
+    resize = options.get("resize")
+    if size_divisor and resize is not None and any(int(v) % int(size_divisor) for v in resize):
+        raise ConfigError(
+            "dataset.resize", f"{list(resize)} is not divisible by {size_divisor} (dataset.size_divisor, the model's output stride)",
+            f"use multiples of {size_divisor}, e.g. [{_round_to(resize[0], size_divisor)}, {_round_to(resize[1], size_divisor)}]",
+        )
+    section = {"_target_": cfg["_target_"], **options}
+    dataset = build(section, "dataset", kind=SegmentationDataset, trusted=trusted, named_by_user=named_by_user, split=split, transform=None)
+    if cfg.get("cache", False):
+        dataset = CachedDataset(dataset, cfg.get("cache_dir"))
+    if transform == "auto":
+        key = "train_transform" if train else "val_transform"
+        transform = build_transform(
+            cfg.get(key), size_divisor=size_divisor, ignore_index=dataset.ignore_index, where=f"dataset.{key}", trusted=trusted,
+            named_by_user=named_by_user,
+        )
+    dataset.transform = transform
+    return dataset
+
+
+def _round_to(value: int, divisor: int) -> int:
+    return max(int(round(int(value) / int(divisor))), 1) * int(divisor)

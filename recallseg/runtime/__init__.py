@@ -1,0 +1,1 @@
+"""The process a run lives in: device, precision and processes, random states, signals."""

@@ -1,0 +1,120 @@
+"""Building a training run's parts from the validated config (one place, one mechanism).
+
+Every part is named by its section's ``_target_`` and built through ``recallseg.config.construct``:
+datasets (``data.builder``), the model (``models.builder``), the loss (``losses.registry``),
+the optimizer and the schedule (``engine.optim``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recallseg.data.base import SegmentationDataset
+from recallseg.pipeline.builder import build_dataset
+from recallseg.pipeline.class_statistics import ClassStatistics, cached_class_statistics, read_statistics_file
+from recallseg.errors import ConfigError
+from recallseg.losses import LossContext, SegmentationLoss, build_loss
+from recallseg.models import build_model
+from recallseg.training.cuda_graph import check_graph_support
+from recallseg.training.optim import build_optimizer, build_scheduler
+from recallseg.runtime.device import Normalizer, Runtime
+
+log = logging.getLogger("recallseg")
+
+
+@dataclass
+class TrainingParts:
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset  # untransformed: validation applies dataset.val_transform itself
+    model: torch.nn.Module  # what the loop calls (DDP-wrapped with several processes)
+    module: torch.nn.Module  # the bare network (for checkpoints)
+    criterion: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    normalizer: Normalizer
+
+
+def training_class_statistics(cfg: DictConfig, num_classes: int, classes: list[str] | None = None):
+    """A function giving the training split's ``ClassStatistics`` (computed once, cached); losses call it if they need it.
+
+    ``dataset.stats_file`` is used when set (and refused when it was computed for another dataset
+    config); otherwise the statistics are read from, or computed into, the cache. The run's log
+    says which statistics it uses.
+    """
+    memo: list[ClassStatistics] = []
+
+    def statistics() -> ClassStatistics:
+        if memo:
+            return memo[0]
+        dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+        split = dataset_cfg["train_split"]
+        if dataset_cfg["stats_file"]:
+            stats = read_statistics_file(dataset_cfg["stats_file"], num_classes, dataset_cfg, split, classes)
+        else:
+            raw = build_dataset(dataset_cfg, split, transform=None)  # the labels themselves: no augmentation
+            stats = cached_class_statistics(raw, dataset_cfg, split, cfg.paths.cache_dir, cfg.trainer.num_workers)
+        log.info("class statistics of the %s split (%d labelled pixels): %s", split, int(stats.pixel_counts.sum()), stats.source)
+        memo.append(stats)
+        return stats
+
+    return statistics
+
+
+def check_class_names(classes: list[str], other: list[str], where: str) -> None:
+    if list(classes) != list(other):
+        raise ConfigError(
+            "dataset", f"the training split has classes {classes} but {where} has {other}",
+            "give both splits the same classes",
+        )
+
+
+def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
+    """Datasets, model, loss, optimizer, schedule, GradScaler and input normalisation for ``cfg``."""
+    tcfg, device = cfg.trainer, runtime.device
+    train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, train=True)
+    val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, train=False, transform=None)
+    check_class_names(list(train_set.classes), list(val_set.classes), f"the {cfg.dataset.val_split} split")
+    classes = list(train_set.classes)
+
+    module = build_model(cfg.model, len(classes)).to(device)
+    if runtime.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    # One process already normalises over its whole batch: sync_batchnorm only matters with several.
+    if tcfg.sync_batchnorm and runtime.distributed and device.type != "cuda":
+        raise ConfigError("trainer.sync_batchnorm", "needs CUDA (PyTorch's SyncBatchNorm)", "on CPU use trainer.freeze_batchnorm=true")
+    if runtime.distributed and tcfg.sync_batchnorm:
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    model = module
+    if runtime.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        # The common seed gave every rank the same initial weights (DDP broadcasts rank 0's
+        # anyway); from here on each rank draws its own dropout masks.
+        torch.manual_seed(cfg.seed + 7919 * runtime.rank)
+
+    statistics = training_class_statistics(cfg, len(classes), classes)
+    context = LossContext(len(classes), train_set.ignore_index, class_statistics=statistics)
+    criterion = build_loss(cfg.loss, context).to(device)
+    if tcfg.cuda_graph:
+        check_graph_support(runtime, tcfg.nonfinite, cfg.optimizer._target_)
+    optimizer = build_optimizer(cfg.optimizer, module.parameters(), device, capturable=tcfg.cuda_graph)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, tcfg.max_iters)
+    # The GradScaler skips steps whose gradients are not finite, without a host sync when the
+    # optimizer is fused. fp16 needs it for scaling; trainer.nonfinite=skip uses it at scale 1.
+    scaling = runtime.uses_grad_scaler
+    scaler = torch.amp.GradScaler(
+        device.type, init_scale=2.0**16 if scaling else 1.0, growth_interval=2000 if scaling else 2**31 - 1,
+        enabled=scaling or tcfg.nonfinite == "skip",
+    )  # fmt: skip
+    normalizer = Normalizer.for_model(cfg.model, runtime)
+    return TrainingParts(train_set, val_set, model, module, criterion, optimizer, scheduler, scaler, normalizer)
+
+
+def describe_parts(cfg: DictConfig) -> dict[str, Any]:
+    """The ``_target_`` of each part, for the run's log."""
+    return {name: cfg[name]["_target_"] for name in ("dataset", "model", "loss", "optimizer", "scheduler")}

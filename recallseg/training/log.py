@@ -1,0 +1,98 @@
+"""The training loss window and what is logged from it.
+
+The step never synchronises with the host: each step's loss (and whether it was finite) is
+added to device tensors, which are read once per ``trainer.log_interval`` steps. There the
+non-finite policy is applied and the window is logged: the log line, the progress bar and
+TensorBoard, including every per-class value the loss reports (``extra_logs``), as scalars and
+as a class x iteration heatmap, the same way for any loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+
+from recallseg.training.optim import current_lr
+from recallseg.evaluation.reporting import PerClassHistory
+
+log = logging.getLogger("recallseg")
+
+
+class TrainingWindow:
+    """Loss, non-finite steps and speed over the steps since the last log."""
+
+    def __init__(self, device: torch.device, nonfinite: str):
+        self.device, self.nonfinite = device, nonfinite
+        self.reset(0)
+
+    def reset(self, iteration: int) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.bad = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.steps = 0
+        self.start = (time.perf_counter(), iteration)
+
+    def add(self, loss: torch.Tensor, iteration: int, skipped: torch.Tensor | None = None) -> None:
+        """Account the step that made ``iteration`` (device tensors only: no host sync)."""
+        loss = loss.detach()
+        self.loss += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+        bad = ~torch.isfinite(loss)
+        if skipped is not None:  # nonfinite=skip: steps the GradScaler skipped for inf gradients
+            bad = bad | (skipped > 0)
+        self.bad += bad
+        self.first_bad = torch.where(bad & (self.first_bad < 0), iteration, self.first_bad)
+        self.steps += 1
+
+    def close(self, iteration: int) -> tuple[float, float, int]:
+        """Read the window (the loop's only host sync), apply the non-finite policy; ``(mean loss, it/s, skipped)``."""
+        bad, first_bad = int(self.bad), int(self.first_bad)
+        good = self.steps - bad
+        mean_loss = float(self.loss) / good if good else float("nan")
+        elapsed, start_iteration = time.perf_counter() - self.start[0], self.start[1]
+        speed = (iteration - start_iteration) / max(elapsed, 1e-9)
+        self.reset(iteration)
+        if bad:
+            where = f"{bad} of iterations {start_iteration + 1}..{iteration} (first: {first_bad})"
+            if self.nonfinite == "stop":
+                raise FloatingPointError(
+                    f"non-finite training loss at {where}. Lower optimizer.lr, set trainer.grad_clip, check the data, "
+                    "or set trainer.nonfinite=skip to skip such steps."
+                )
+            log.warning("skipped %s: non-finite loss or gradients, no update applied", where)
+        return mean_loss, speed, bad
+
+
+class TrainingLogger:
+    """Writes a closed window to the log, the progress bar and TensorBoard (rank 0 only)."""
+
+    def __init__(self, writer: Any, classes: list[str], max_iters: int, bar: Any):
+        self.writer, self.classes, self.max_iters, self.bar = writer, list(classes), max_iters, bar
+        self.histories: dict[str, PerClassHistory] = {}
+
+    def log(self, iteration: int, mean_loss: float, speed: float, skipped: int, optimizer, per_class: dict[str, torch.Tensor]) -> None:
+        lr = current_lr(optimizer)
+        if math.isfinite(mean_loss):
+            self.writer.add_scalar("train/loss", mean_loss, iteration)
+        self.writer.add_scalar("train/skipped_steps", skipped, iteration)
+        self.writer.add_scalar("train/lr", lr, iteration)
+        self.writer.add_scalar("train/iterations_per_second", speed, iteration)
+        for name, values in per_class.items():
+            values = values.detach().float().cpu()
+            for class_name, value in zip(self.classes, values.tolist()):
+                self.writer.add_scalar(f"train/{name}/{class_name}", value, iteration)
+            history = self.histories.setdefault(name, PerClassHistory(self.classes))
+            history.append(values)
+            self.writer.add_image(f"train/{name}_heatmap", history.image(), iteration, dataformats="HWC")
+        log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f it/s", iteration, self.max_iters, mean_loss, lr, speed)
+        self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+
+
+def console_loggers() -> list[logging.Logger]:
+    """The loggers whose console handlers ``logging_redirect_tqdm`` must route through ``tqdm.write``,
+    so that no log line lands on the progress bar's line: the root logger (where Hydra puts the
+    console handler) and ``recallseg`` when it has handlers of its own."""
+    return [logging.getLogger()] + ([log] if log.handlers else [])
