@@ -205,10 +205,10 @@ def check_trainer_skips_a_step_with_a_bad_label(device):
         images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
         masks = torch.randint(0, 9, (2, 64, 64), dtype=torch.uint8)
         masks[0, 0, 0] = 20  # 9 classes, ignore index 255
-        before = {name: p.detach().clone() for name, p in trainer.module.named_parameters()}
+        before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
         loss = trainer.step(images, masks)
         assert torch.isnan(loss).item() and trainer._found_inf.item() > 0
-        for name, parameter in trainer.module.named_parameters():
+        for name, parameter in trainer.model.named_parameters():
             assert torch.equal(parameter.detach(), before[name]), f"{name} changed in a skipped step"
 
 

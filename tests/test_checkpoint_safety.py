@@ -24,7 +24,7 @@ RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trai
 
 
 def resumable(iteration, best_score=-math.inf, **extra):
-    return {"model": {"w": torch.ones(2)}, "optimizer": {"state": {}}, "iteration": iteration, "best_score": best_score, **extra}
+    return {"model": {"w": torch.ones(2)}, "optimizer": {"state": {}}, "scheduler": {}, "iteration": iteration, "best_score": best_score, **extra}
 
 
 def truncate(path):
@@ -117,7 +117,7 @@ def kill_when_writing(monkeypatch, name, after=False):
             if os.path.basename(path) == name:
                 raise Killed
 
-        monkeypatch.setattr("recallseg.training.trainer.save_checkpoint", save)
+        monkeypatch.setattr("recallseg.training.checkpointing.save_checkpoint", save)
 
 
 @pytest.mark.parametrize("moment", ["while writing best.pt", "after best.pt, before last.pt"])

@@ -7,7 +7,8 @@ import torch
 from dataset_trees import make_folder, random_image, random_labels, write_array, write_rgb
 from recallseg.pipeline import CachedDataset
 from recallseg.data import FolderDataset, SegmentationDataset, SyntheticStreets
-from recallseg.pipeline.loaders import eval_loader, train_loader
+from recallseg.pipeline.loaders import train_loader
+from recallseg.evaluation.samples import evaluation_loader, evaluation_samples
 from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
 from recallseg.pipeline.transforms import build_transform
 
@@ -33,8 +34,8 @@ def test_the_default_ignore_index_gives_uint8_batches_from_worker_processes():
     assert images.dtype == torch.uint8 and masks.dtype == torch.uint8 and masks.shape == (2, 64, 64)
     values = set(torch.unique(masks).tolist())
     assert 255 in values and values <= set(range(9)) | {255}
-    _, val_masks = next(iter(eval_loader(SyntheticStreets("val", 64, 64, num_val=2), batch_size=2)))
-    assert val_masks.dtype == torch.uint8
+    batch = next(iter(evaluation_loader(evaluation_samples({}, SyntheticStreets("val", 64, 64, num_val=2), False), batch_size=2)))
+    assert batch["mask"].dtype == torch.uint8 and batch["mask"].shape == (2, 64, 64)
 
 
 def make_wide_folder(root, ignore_index, size=(20, 30)):
@@ -134,14 +135,14 @@ def test_training_steps_and_evaluation_match_int64_masks(trainers):
         torch.manual_seed(1)
         assert torch.equal(loss, wide.step(images, masks.long()))
     assert targets == [torch.int64, torch.int64]  # the loss still receives class indices as int64
-    for key, value in compact.module.state_dict().items():
-        assert torch.equal(value, wide.module.state_dict()[key]), key
+    for key, value in compact.model.state_dict().items():
+        assert torch.equal(value, wide.model.state_dict()[key]), key
 
-    batches = list(eval_loader(compact.val_set, batch_size=2))
-    assert all(masks.dtype == torch.uint8 for _, masks in batches)
+    batches = list(evaluation_loader(compact.validation_samples, batch_size=2))
+    assert all(batch["mask"].dtype == torch.uint8 for batch in batches)
     args = (compact.normalizer, compact.runtime, compact.num_classes, compact.ignore_index)
-    matrix = evaluate(compact.module, batches, *args, progress=False).compute()
-    reference = evaluate(compact.module, [(images, masks.long()) for images, masks in batches], *args, progress=False).compute()
+    matrix = evaluate(compact.model, batches, *args, progress=False).compute()
+    reference = evaluate(compact.model, [{**batch, "mask": batch["mask"].long()} for batch in batches], *args, progress=False).compute()
     assert matrix.sum() > 0 and torch.equal(matrix, reference)
 
 

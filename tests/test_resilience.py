@@ -164,14 +164,14 @@ def test_skipping_keeps_the_scaler_at_one_so_later_steps_are_exact(tmp_path):
     trainer = Trainer(cfg)
     images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
     masks = torch.randint(0, 9, (2, 64, 64))
-    before = {k: v.clone() for k, v in trainer.module.state_dict().items() if k.endswith("weight")}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.endswith("weight")}
     real_loss = trainer.criterion.forward
     trainer.criterion.forward = lambda logits, target: real_loss(logits, target) * float("nan")
     for _ in range(3):
         trainer.step(images, masks)
         assert trainer._found_inf.item() == 1  # the step was seen as skipped
     assert trainer.scaler.get_scale() == 1.0
-    after = trainer.module.state_dict()
+    after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # no update was applied
 
 

@@ -70,7 +70,7 @@ def test_a_weight_that_is_not_finite_is_never_saved(tmp_path):
     import torch
 
     run = trainer(tmp_path / "fresh")
-    name, tensor = next((k, v) for k, v in run.module.state_dict().items() if v.is_floating_point())
+    name, tensor = next((k, v) for k, v in run.model.state_dict().items() if v.is_floating_point())
     tensor.view(-1)[0] = float("nan")
     with pytest.raises(FloatingPointError, match=f"model tensor '{name}' is not finite at iteration 0; not saving last.pt"):
         run._save("last.pt")

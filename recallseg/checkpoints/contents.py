@@ -25,9 +25,18 @@ def for_inference(state: dict[str, Any]) -> dict[str, Any]:
     return {key: state[key] for key in INFERENCE_KEYS if key in state}
 
 
+# What a run needs to continue from a checkpoint (``last.pt`` has it, ``best.pt`` does not).
+TRAINING_KEYS = ("optimizer", "scheduler", "iteration")
+
+
+def missing_training_state(state: dict[str, Any]) -> list[str]:
+    """The training entries ``state`` lacks (empty: a run can continue from it)."""
+    return [key for key in TRAINING_KEYS if key not in state]
+
+
 def require_training_state(state: dict[str, Any], path: str | Path) -> None:
     """Refuse to resume from a checkpoint without optimizer state (``best.pt``, an exported model)."""
-    missing = [key for key in ("optimizer", "scheduler", "iteration") if key not in state]
+    missing = missing_training_state(state)
     if missing:
         path = Path(path)
         raise CheckpointError(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recallseg.errors import UserError
+from recallseg.checkpoints.contents import missing_training_state
 from recallseg.checkpoints.format import CheckpointError, load_checkpoint
 
 log = logging.getLogger("recallseg")
@@ -40,7 +41,7 @@ def refuse_existing_run(checkpoint_dir: Path) -> None:
 def _problem(path: Path, state: dict[str, Any] | None, error: Exception | None) -> str | None:
     if error is not None:
         return " ".join(str(error).replace(str(path), path.name).split())
-    if "optimizer" not in state or "iteration" not in state:
+    if missing_training_state(state):
         return f"{path.name} holds no training state (weights only), so a run cannot continue from it"
     return None
 

@@ -34,7 +34,6 @@ DEFAULTS = {
     "inference": {},
 }
 USAGE = "recallseg-predict checkpoint=PATH input=FILE_OR_FOLDER output=FOLDER [formats=[color,overlay,index]] [device=cpu] [inference.mode=slide ...]"
-PredictError = ToolError
 
 
 def parse_args(argv: list[str]):
@@ -46,16 +45,16 @@ def find_images(path: Path) -> list[tuple[Path, str]]:
     if path.is_file():
         return [(path, path.stem)]
     if not path.is_dir():
-        raise PredictError(f"input {path} does not exist; give an image file or a folder of images")
+        raise ToolError(f"input {path} does not exist; give an image file or a folder of images")
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise PredictError(f"no readable image in {path}: the folder is empty. Give a folder holding PNG, JPEG, BMP, TIFF or WebP images.")
+        raise ToolError(f"no readable image in {path}: the folder is empty. Give a folder holding PNG, JPEG, BMP, TIFF or WebP images.")
     from recallseg.evaluation.predictions import unique_output_names
 
     try:
         names = unique_output_names([file.relative_to(path) for file in files])
     except ValueError as error:
-        raise PredictError(str(error)) from None
+        raise ToolError(str(error)) from None
     return list(zip(files, names))
 
 
@@ -95,7 +94,7 @@ def predict(cfg) -> list[Path]:
                 written.append(writer.write(prediction, index, image))
     if skipped and len(skipped) == len(images):
         listed = "; ".join(skipped[:5]) + (f"; ... and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        raise PredictError(
+        raise ToolError(
             f"no readable image in {cfg.input}: {len(skipped)} file(s), none decodable by OpenCV ({listed}). "
             "Give a folder holding PNG, JPEG, BMP, TIFF or WebP images."
         )

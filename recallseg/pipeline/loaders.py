@@ -18,7 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler
 
 from recallseg.data.base import SegmentationDataset
 
@@ -137,14 +137,3 @@ def train_loader(
         multiprocessing_context=worker_context(num_workers),
     )
 
-
-def eval_loader(
-    dataset: SegmentationDataset, batch_size: int, num_workers: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False
-) -> DataLoader:
-    """Validation/test loader; with several ranks each scores a disjoint shard (matrices are summed)."""
-    if world_size > 1:  # a strided shard: unlike DistributedSampler, it never pads with duplicates
-        dataset = Subset(dataset, range(rank, len(dataset), world_size))
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init,
-        multiprocessing_context=worker_context(num_workers),
-    )

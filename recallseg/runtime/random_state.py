@@ -37,11 +37,6 @@ def gather_rng_states(state: dict[str, Any], distributed: bool, world_size: int)
     return states
 
 
-def rng_states_of_all_ranks(distributed: bool, world_size: int) -> list[dict[str, Any]]:
-    """Every rank's current ``rng_state()``, in rank order. A collective: every rank must call it."""
-    return gather_rng_states(rng_state(), distributed, world_size)
-
-
 def rng_state_for_rank(checkpoint: dict[str, Any], rank: int, world_size: int) -> tuple[dict[str, Any], bool]:
     """The random state this rank resumes with, and whether it is this rank's own: it is when the
     checkpoint has one per rank for this many ranks (or a single process resumes one); otherwise
@@ -65,3 +60,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rank_seed(seed: int, rank: int, iteration: int = 0) -> int:
+    """The seed of one rank's own stream (dropout masks) from the run's seed.
+
+    Ranks must not share it (identical dropout on every rank), and rank r of seed s must not
+    collide with rank 0 of a nearby seed: ranks are spaced by a prime larger than any seed sweep.
+    ``iteration`` gives a resumed rank without a stored state of its own a fresh stream."""
+    return seed + 7919 * rank + iteration

@@ -23,6 +23,7 @@ from recallseg.models import build_model
 from recallseg.training.cuda_graph import check_graph_support
 from recallseg.training.optim import build_optimizer, build_scheduler
 from recallseg.runtime.device import Normalizer, Runtime
+from recallseg.runtime.random_state import rank_seed
 
 log = logging.getLogger("recallseg")
 
@@ -31,8 +32,8 @@ log = logging.getLogger("recallseg")
 class TrainingParts:
     train_set: SegmentationDataset
     val_set: SegmentationDataset  # untransformed: validation applies dataset.val_transform itself
-    model: torch.nn.Module  # what the loop calls (DDP-wrapped with several processes)
-    module: torch.nn.Module  # the bare network (for checkpoints)
+    network: torch.nn.Module  # what the loop calls: the model, DDP-wrapped with several processes
+    model: torch.nn.Module  # the bare model: its weights are what checkpoints hold
     criterion: SegmentationLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -82,27 +83,27 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
     check_class_names(list(train_set.classes), list(val_set.classes), f"the {cfg.dataset.val_split} split")
     classes = list(train_set.classes)
 
-    module = build_model(cfg.model, len(classes)).to(device)
+    model = build_model(cfg.model, len(classes)).to(device)
     if runtime.channels_last:
-        module = module.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
     # One process already normalises over its whole batch: sync_batchnorm only matters with several.
     if tcfg.sync_batchnorm and runtime.distributed and device.type != "cuda":
         raise ConfigError("trainer.sync_batchnorm", "needs CUDA (PyTorch's SyncBatchNorm)", "on CPU use trainer.freeze_batchnorm=true")
     if runtime.distributed and tcfg.sync_batchnorm:
-        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    model = module
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    network = model
     if runtime.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         # The common seed gave every rank the same initial weights (DDP broadcasts rank 0's
         # anyway); from here on each rank draws its own dropout masks.
-        torch.manual_seed(cfg.seed + 7919 * runtime.rank)
+        torch.manual_seed(rank_seed(cfg.seed, runtime.rank))
 
     statistics = training_class_statistics(cfg, len(classes), classes)
     context = LossContext(len(classes), train_set.ignore_index, class_statistics=statistics)
     criterion = build_loss(cfg.loss, context).to(device)
     if tcfg.cuda_graph:
         check_graph_support(runtime, tcfg.nonfinite, cfg.optimizer._target_)
-    optimizer = build_optimizer(cfg.optimizer, module.parameters(), device, capturable=tcfg.cuda_graph)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), device, capturable=tcfg.cuda_graph)
     scheduler = build_scheduler(cfg.scheduler, optimizer, tcfg.max_iters)
     # The GradScaler skips steps whose gradients are not finite, without a host sync when the
     # optimizer is fused. fp16 needs it for scaling; trainer.nonfinite=skip uses it at scale 1.
@@ -112,9 +113,21 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
         enabled=scaling or tcfg.nonfinite == "skip",
     )  # fmt: skip
     normalizer = Normalizer.for_model(cfg.model, runtime)
-    return TrainingParts(train_set, val_set, model, module, criterion, optimizer, scheduler, scaler, normalizer)
+    return TrainingParts(train_set, val_set, network, model, criterion, optimizer, scheduler, scaler, normalizer)
 
 
 def describe_parts(cfg: DictConfig) -> dict[str, Any]:
     """The ``_target_`` of each part, for the run's log."""
     return {name: cfg[name]["_target_"] for name in ("dataset", "model", "loss", "optimizer", "scheduler")}
+
+
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Keep BatchNorm layers on their running statistics (eval mode) while the rest trains.
+
+    Common when fine-tuning with small per-GPU batches; it also makes N ranks with batch B
+    compute exactly what one rank with batch N*B computes (BatchNorm statistics would
+    otherwise be per rank; SyncBatchNorm, trainer.sync_batchnorm, needs CUDA)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+

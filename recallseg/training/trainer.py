@@ -14,34 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from recallseg.pipeline.loaders import close_loader, train_loader
-from recallseg.evaluation.metrics import format_table, metrics_from_confusion
-from recallseg.atomic_files import remove_orphaned_temporaries
-from recallseg.training.run_directory import check_writable
-from recallseg.checkpoints.format import first_nonfinite, load_checkpoint, require_finite_weights, save_checkpoint
-from recallseg.checkpoints.contents import for_inference, require_training_state
-from recallseg.training.cuda_graph import GraphedStep
-from recallseg.evaluation.loop import evaluate
-from recallseg.evaluation.samples import evaluation_loader, evaluation_samples
 from recallseg.evaluation.inference import Inference, InferenceSettings
+from recallseg.evaluation.loop import evaluate
+from recallseg.evaluation.metrics import format_table, metrics_from_confusion
 from recallseg.evaluation.reporting import log_metrics, write_metrics_json
-from recallseg.runtime.random_state import gather_rng_states, rng_state, rng_state_for_rank, set_rng_state
-from recallseg.checkpoints.resume_changes import apply_optimizer_options, check_resumable
-from recallseg.checkpoints.resume import RunRefused, newest_resumable, reconciled_best_score, refuse_existing_run  # noqa: F401 (RunRefused: re-exported)
+from recallseg.evaluation.samples import evaluation_loader, evaluation_samples
+from recallseg.pipeline.loaders import close_loader, train_loader
 from recallseg.runtime.device import Runtime, init_runtime, seed_everything, to_target
-from recallseg.training.build import build_training, describe_parts
-from recallseg.training.tensorboard_images import ValidationPictures, trainer_predictor
+from recallseg.runtime.random_state import gather_rng_states, rank_seed, rng_state, rng_state_for_rank, set_rng_state
 from recallseg.runtime.signals import Interruptible, Interrupted, StopAgreement, StopRequested, StopSignal
+from recallseg.training.build import build_training, describe_parts, freeze_batchnorm
+from recallseg.training.checkpointing import CheckpointPolicy
+from recallseg.training.cuda_graph import GraphedStep
 from recallseg.training.log import TrainingLogger, TrainingWindow, console_loggers
+from recallseg.training.tensorboard_images import ValidationPictures, trainer_predictor
 
 log = logging.getLogger("recallseg")
 
 
-class Trainer:
+class Trainer(CheckpointPolicy):
     """Builds every part from the (validated) config, then ``fit()`` runs the loop and returns the final metrics."""
 
     def __init__(self, cfg: DictConfig):
@@ -54,7 +49,7 @@ class Trainer:
         self.nonfinite = tcfg.nonfinite
         parts = build_training(cfg, self.runtime)
         self.train_set, self.val_set = parts.train_set, parts.val_set
-        self.model, self.module, self.criterion = parts.model, parts.module, parts.criterion
+        self.network, self.model, self.criterion = parts.network, parts.model, parts.criterion
         self.optimizer, self.scheduler, self.scaler, self.normalizer = parts.optimizer, parts.scheduler, parts.scaler, parts.normalizer
         self.classes = list(self.train_set.classes)
         self.num_classes = len(self.classes)
@@ -66,103 +61,19 @@ class Trainer:
         self.iteration = 0
         self.best_score = -math.inf
         self._saved_at = -1  # the iteration last.pt holds
-        self._start: tuple[dict[str, Any] | None] | None = None  # (the resumed checkpoint's state,) once chosen
+        self._start_chosen = False  # choose_start has run (it restores a checkpoint once)
+        self._resumed_state: dict[str, Any] | None = None  # the checkpoint the run continues from
+        self._validation_rng: dict[str, Any] | None = None  # random states before the latest validation
         self.writer = None
-        # Validation scores exactly as evaluate.py does (engine.evaluation_data), with cfg.inference.
+        self.logger: TrainingLogger | None = None  # rank 0, once fit() starts
+        self.window: TrainingWindow | None = None
+        self._bar = None
+        # Validation scores exactly as evaluate.py does (evaluation.samples), with cfg.inference.
         self.validation_samples = evaluation_samples(cfg.dataset, self.val_set, cfg.evaluation.full_resolution)
         self.inference = Inference(InferenceSettings.from_config(cfg.inference))
         self.pictures = ValidationPictures(self.val_set, self.classes) if self.runtime.is_main else None  # TensorBoard images
 
-    # -- checkpoints --
-    def state_dict(self, rng_per_rank: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
-        """Everything a resume needs; ``rng_per_rank`` (from ``gather_rng_states``) is every rank's random state."""
-        state = {
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "loss": self.criterion.state_dict(),
-            "iteration": self.iteration,
-            "best_score": self.best_score,
-            "monitor": self.monitor,
-            "classes": self.classes,
-            "palette": [list(map(int, colour)) for colour in self.train_set.palette] if self.train_set.palette else None,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "rng": rng_per_rank[0] if rng_per_rank else rng_state(),
-            **extra,
-        }
-        if rng_per_rank is not None and len(rng_per_rank) > 1:
-            state["rng_per_rank"] = rng_per_rank
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Everything but the random states, which ``fit`` restores once the data stream exists."""
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # a checkpoint of the other mode stores lr as float/tensor
-            lr = group["lr"]
-            if self.cuda_graph and not isinstance(lr, torch.Tensor):
-                group["lr"] = torch.tensor(float(lr), device=self.runtime.device)
-            elif not self.cuda_graph and isinstance(lr, torch.Tensor):
-                group["lr"] = float(lr)
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.criterion.load_state_dict(state["loss"])
-        self.iteration = int(state["iteration"])
-        self.best_score = float(state["best_score"])
-
-    def choose_start(self) -> dict[str, Any] | None:
-        """Choose what the run continues from (refusing, with nothing changed, what it cannot use),
-        restore it, and check the run directory can be written. Called before anything is written."""
-        if self._start is None:
-            self._start = (self._resume_state(),)
-            if self.runtime.is_main:
-                check_writable(self.checkpoint_dir)
-                remove_orphaned_temporaries(self.output_dir, self.checkpoint_dir)
-        return self._start[0]
-
-    def _resume_state(self) -> dict[str, Any] | None:
-        """The checkpoint to continue from, or None for a fresh run (which must not clobber one)."""
-        resume = self.cfg.resume
-        if resume is None:
-            refuse_existing_run(self.checkpoint_dir)
-            return None
-        if resume == "auto":
-            found = newest_resumable(self.checkpoint_dir)
-            if found is None:
-                log.info("resume=auto: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
-                return None
-            path, state = found
-        else:  # on the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device
-            path, state = Path(resume), load_checkpoint(resume, map_location="cpu")
-        require_finite_weights(state, path)
-        require_training_state(state, path)  # best.pt holds the model only
-        new = OmegaConf.to_container(self.cfg, resolve=True)
-        changes = check_resumable(path, state.get("config", {}), new, state.get("classes", self.classes), self.classes)
-        self.load_state_dict(state)
-        self.best_score = reconciled_best_score(self.checkpoint_dir, state, path)
-        changed = {key.split(".", 1)[1] for key in changes if key.startswith("optimizer.")}
-        apply_optimizer_options(self.optimizer, self.scheduler, {k: v for k, v in new["optimizer"].items() if k in changed})
-        log.info("resumed from %s at iteration %d", path, self.iteration)
-        return state
-
-    def _save(self, name: str, rng_per_rank: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
-        """Write a checkpoint; refuses weights or statistics that are not finite (a NaN never reaches disk)."""
-        key = first_nonfinite(self.module.state_dict())
-        if key is not None:
-            raise FloatingPointError(
-                f"model tensor {key!r} is not finite at iteration {self.iteration}; not saving {name}. "
-                "Lower optimizer.lr, set trainer.grad_clip, or check the data."
-            )
-        path = self.checkpoint_dir / name
-        state = self.state_dict(rng_per_rank, **extra)
-        save_checkpoint(for_inference(state) if name == "best.pt" else state, path)  # best.pt: no optimizer state
-        if name == "last.pt":
-            self._saved_at = self.iteration
-        return path
-
-    # -- validation: the evaluate.py protocol (engine.evaluation) --
+    # -- validation: the evaluate.py protocol (evaluation.loop) --
     def validate(self, agreement: StopAgreement | None = None) -> dict:
         """Score the validation split; with ``agreement``, a stop abandons it (``StopRequested``) at the same batch on every rank."""
         cfg, world_size = self.cfg, self.runtime.world_size
@@ -173,7 +84,7 @@ class Trainer:
         )  # fmt: skip
         if agreement is not None:  # as many polls on every rank as the largest shard (rank 0's) has batches
             loader = Interruptible(loader, agreement, polls=math.ceil(math.ceil(len(self.validation_samples) / world_size) / batch_size))
-        matrix = evaluate(self.module, loader, self.normalizer, self.runtime, self.num_classes, self.ignore_index, predict=self.inference)
+        matrix = evaluate(self.model, loader, self.normalizer, self.runtime, self.num_classes, self.ignore_index, predict=self.inference)
         return metrics_from_confusion(matrix.compute(), self.classes)
 
     # -- the loop --
@@ -204,7 +115,7 @@ class Trainer:
                 state, own = rng_state_for_rank(resumed, runtime.rank, runtime.world_size)
                 set_rng_state(state)
                 if not own:  # rank 0's state on every rank would give all ranks the same dropout masks
-                    torch.manual_seed(cfg.seed + 7919 * runtime.rank + self.iteration)
+                    torch.manual_seed(rank_seed(cfg.seed, runtime.rank, self.iteration))
             self._train_mode()
             stop_at = tcfg.max_iters if tcfg.stop_after is None else min(tcfg.max_iters, self.iteration + tcfg.stop_after)
             self.window = TrainingWindow(runtime.device, self.nonfinite)
@@ -270,9 +181,9 @@ class Trainer:
             raise Interrupted(stop.exit_code)
 
     def _train_mode(self) -> None:
-        self.model.train()
+        self.network.train()
         if self.cfg.trainer.freeze_batchnorm:
-            freeze_batchnorm(self.model)
+            freeze_batchnorm(self.network)
 
     def _end_log_window(self) -> None:
         mean_loss, speed, skipped = self.window.close(self.iteration)
@@ -290,13 +201,13 @@ class Trainer:
         x = self.normalizer(images)
         target = to_target(masks, self.runtime.device)
         with self.runtime.autocast():
-            logits = self.model(x)
+            logits = self.network(x)
             loss = self.criterion(logits, target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.trainer.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.trainer.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
         self.scaler.step(self.optimizer)
         if self.nonfinite == "skip":
             # Read before update() clears it (no sync: a device tensor).
@@ -316,7 +227,7 @@ class Trainer:
         rng_per_rank = gather_rng_states(rng_state(), self.runtime.distributed, self.runtime.world_size)
         if self.runtime.is_main:
             log_metrics(self.writer, metrics, self.iteration)
-            self.pictures.log(self.writer, trainer_predictor(self.module, self.normalizer, self.runtime, self.inference), self.iteration, metrics)
+            self.pictures.log(self.writer, trainer_predictor(self.model, self.normalizer, self.runtime, self.inference), self.iteration, metrics)
             log.info(
                 "val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f  mPrecision %.4f",
                 self.iteration, metrics["mIoU"], metrics["mAcc"], metrics["aAcc"], metrics["mPrecision"],
@@ -331,18 +242,3 @@ class Trainer:
             self._save("last.pt", rng_per_rank)
         return metrics
 
-
-def freeze_batchnorm(model: torch.nn.Module) -> None:
-    """Keep BatchNorm layers on their running statistics (eval mode) while the rest trains.
-
-    Common when fine-tuning with small per-GPU batches; it also makes N ranks with batch B
-    compute exactly what one rank with batch N*B computes (BatchNorm statistics would
-    otherwise be per rank; SyncBatchNorm, trainer.sync_batchnorm, needs CUDA)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
-def train(cfg: DictConfig) -> dict:
-    """Train from a composed config; returns the final validation metrics."""
-    return Trainer(cfg).fit()
