@@ -10,7 +10,8 @@ import torch
 from recallseg.pipeline.loaders import TrainingStream
 from recallseg.checkpoints.format import CheckpointError, load_checkpoint, save_checkpoint
 from recallseg.training.optim import ConstantSchedule, PolySchedule, build_optimizer, build_scheduler
-from recallseg.runtime.device import Normalizer, Runtime, resolve_amp
+from recallseg.runtime.device import Runtime, resolve_amp
+from recallseg.runtime.normalize import Normalizer
 from recallseg.losses import class_weights_from_counts
 from recallseg.models import build_model
 

@@ -187,7 +187,8 @@ def test_validation_batches_of_mixed_size_frames_score_each_frame_on_its_own(tmp
 
     from recallseg.evaluation.loop import evaluate
     from recallseg.evaluation.samples import evaluation_loader, evaluation_samples
-    from recallseg.runtime.device import Normalizer, init_runtime
+    from recallseg.runtime.device import init_runtime
+    from recallseg.runtime.normalize import Normalizer
 
     make_folder(tmp_path, frames={"val": 1})
     rng = np.random.default_rng(1)

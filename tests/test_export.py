@@ -30,7 +30,7 @@ def frames():
 
 def torch_logits(checkpoint, frames):
     """recallseg's own path: the checkpoint's model after runtime.Normalizer."""
-    from recallseg.runtime.device import Normalizer
+    from recallseg.runtime.normalize import Normalizer
     from recallseg.commands.common import CheckpointModel
 
     loaded = CheckpointModel(checkpoint, "cpu", "off")
@@ -62,7 +62,8 @@ def test_raw_input_export_matches_pytorch_at_another_size(checkpoint, frames, tm
 @pytest.mark.slow
 def test_float_input_export_is_the_bare_network(checkpoint, frames, tmp_path):
     """Also the command as a user runs it, from another directory."""
-    from recallseg.runtime.device import Normalizer, Runtime
+    from recallseg.runtime.device import Runtime
+    from recallseg.runtime.normalize import Normalizer
     from recallseg.commands.export import onnx_outputs
 
     run_entry_point("scripts/export.py", f"checkpoint={checkpoint}", "output=net.onnx", "verify=false", cwd=tmp_path)
@@ -84,7 +85,8 @@ def test_bad_arguments_are_one_line(checkpoint, tmp_path, capsys):
 
 def test_the_baked_input_step_is_recallsegs_for_either_channel_order(frames):
     """DeployedNetwork(raw_input) == runtime.Normalizer, also for a network trained on BGR."""
-    from recallseg.runtime.device import Normalizer, Runtime
+    from recallseg.runtime.device import Runtime
+    from recallseg.runtime.normalize import Normalizer
     from recallseg.commands.export import DeployedNetwork
 
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]

@@ -125,7 +125,8 @@ def test_inference_and_evaluation_never_synchronise_with_the_host():
     from torch.utils.data import DataLoader
 
     from recallseg.evaluation.loop import evaluate
-    from recallseg.runtime.device import Normalizer, init_runtime
+    from recallseg.runtime.device import init_runtime
+    from recallseg.runtime.normalize import Normalizer
 
     runtime = init_runtime("cuda", "bf16", False)
     model = pointwise_model(classes=4).cuda()

@@ -33,7 +33,8 @@ def tensorboard_images(run_dir) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_validation_pictures_show_image_truth_and_the_models_prediction(run):
     from recallseg.data.synthetic import PALETTE, SyntheticStreets
-    from recallseg.runtime.device import Normalizer, Runtime
+    from recallseg.runtime.device import Runtime
+    from recallseg.runtime.normalize import Normalizer
     from recallseg.training.tensorboard_images import picked_indices
     from recallseg.models import build_model
 

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from recallseg.commands.common import CheckpointModel, ToolError, exit_code, parse_options, wants_help
+from recallseg.runtime.device import Runtime
+from recallseg.runtime.normalize import Normalizer
 
 DEFAULTS = {"checkpoint": "???", "output": "???", "opset": 17, "raw_input": False, "argmax": False, "verify": True}
 USAGE = "recallseg-export checkpoint=PATH output=model.onnx [raw_input=true] [argmax=true] [opset=17]"
@@ -35,22 +37,15 @@ OPSET = 17
 
 
 class DeployedNetwork(nn.Module):
-    """The network with, optionally, recallseg's input step before it and an argmax after it."""
+    """The network with, optionally, recallseg's input step (``Normalizer``) before it and an argmax after it."""
 
     def __init__(self, network: nn.Module, mean, std, channel_order: str = "rgb", raw_input: bool = False, argmax: bool = False):
         super().__init__()
         self.network, self.raw_input, self.argmax = network, raw_input, argmax
-        self.bgr = channel_order == "bgr"
-        self.register_buffer("scale", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0))
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0 * self.scale)
+        self.normalizer = Normalizer(mean, std, Runtime(torch.device("cpu"), None, False), channel_order)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        if self.raw_input:  # uint8 [N, H, W, 3] RGB -> normalised float [N, 3, H, W] (runtime.Normalizer)
-            x = x.permute(0, 3, 1, 2).float()
-            if self.bgr:
-                x = x.flip(1)
-            x = x * self.scale + self.shift
+        x = self.normalizer(images) if self.raw_input else images  # uint8 [N, H, W, 3] -> float [N, 3, H, W]
         logits = self.network(x)
         return logits.argmax(1) if self.argmax else logits
 

@@ -64,7 +64,7 @@ def predict(cfg) -> list[Path]:
     from recallseg.data.io import DatasetError, read_image
     from recallseg.evaluation.inference import Inference, InferenceSettings
     from recallseg.evaluation.predictions import PredictionWriter
-    from recallseg.runtime.device import Normalizer
+    from recallseg.runtime.normalize import Normalizer
 
     images = find_images(Path(cfg.input))
     settings = InferenceSettings.from_config(OmegaConf.to_container(cfg.inference, resolve=True))

@@ -5,7 +5,7 @@ host-to-device copy; as int64 it is 8x the bytes of uint8. So each dataset's mas
 smallest dtype that holds every value the dataset can produce (train ids ``0..C-1`` and its
 ``ignore_index``): uint8 for every built-in dataset, int16 or int32 for an ignore index of
 -1 or more than 255 classes. They become int64, the class indices losses take, only on the
-device, right after the copy (``engine.runtime.to_target``).
+device, right after the copy (``runtime.device.to_target``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from recallseg.evaluation.metrics import ConfusionMatrix
 from recallseg.evaluation.inference import resize_logits, whole_logits
-from recallseg.runtime.device import Normalizer, Runtime, to_target
+from recallseg.runtime.device import Runtime, to_target
+from recallseg.runtime.normalize import Normalizer
 
 # on_prediction(prediction [H, W] class ids on the device, dataset index, the batch dict)
 PredictionCallback = Callable[[torch.Tensor, int, dict], None]

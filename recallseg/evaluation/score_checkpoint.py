@@ -23,7 +23,8 @@ from recallseg.evaluation.samples import evaluation_loader, evaluation_samples, 
 from recallseg.evaluation.report import write_evaluation_report
 from recallseg.evaluation.inference import Inference, InferenceSettings
 from recallseg.evaluation.predictions import PredictionWriter
-from recallseg.runtime.device import Normalizer, Runtime, init_runtime
+from recallseg.runtime.device import Runtime, init_runtime
+from recallseg.runtime.normalize import Normalizer
 
 log = logging.getLogger("recallseg")
 

@@ -4,7 +4,7 @@ The section's ``_target_`` is any segmentation-models-pytorch architecture or fa
 (``segmentation_models_pytorch.create_model`` with ``arch: DeepLabV3Plus``, the default) or a
 model of your own; the other keys are its options, and recallseg adds ``classes``. The keys
 ``mean``, ``std`` and ``channel_order`` describe the input the network expects (applied on the
-device by ``engine.runtime.Normalizer``) and are not passed on.
+device by ``runtime.normalize.Normalizer``) and are not passed on.
 """
 
 from __future__ import annotations

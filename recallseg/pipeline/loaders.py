@@ -3,7 +3,7 @@
 Batches leave the workers as uint8 images ``[N, H, W, 3]`` and masks ``[N, H, W]`` in the
 dataset's ``mask_dtype()`` (uint8 for every built-in dataset: an eighth of int64's bytes through
 shared memory, pinning and the host-to-device copy). Images become normalised floats
-(``engine.runtime.Normalizer``) and masks int64 (``engine.runtime.to_target``) on the device.
+(``runtime.normalize.Normalizer``) and masks int64 (``runtime.device.to_target``) on the device.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+
 
 import numpy as np
 import torch
@@ -106,38 +106,3 @@ def to_target(masks: torch.Tensor, device: torch.device) -> torch.Tensor:
     the copy moves an eighth of the bytes over PCIe. Both steps are asynchronous: no host sync.
     """
     return masks.to(device, non_blocking=True).long()
-
-
-class Normalizer:
-    """Turns a uint8 ``[N, H, W, 3]`` RGB batch into the normalised float ``[N, 3, H, W]`` the network takes, on the device.
-
-    ``channel_order="bgr"`` hands the network the channels in B, G, R order (a network trained on
-    OpenCV-decoded images, as the paper's Synthia code does); ``mean`` and ``std`` are then in
-    that order too (fractions of 255). The permute makes a channels-last view for free;
-    ``.contiguous()`` is only paid when the model runs channels-first.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], runtime: Runtime, channel_order: str = "rgb"):
-        if channel_order not in ("rgb", "bgr"):
-            raise ValueError(f"model.channel_order must be rgb or bgr, got {channel_order!r}")
-        self.runtime = runtime
-        self.channel_order = channel_order
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=runtime.device).view(1, 3, 1, 1) * 255.0
-        std_t = torch.tensor(std, dtype=torch.float32, device=runtime.device).view(1, 3, 1, 1) * 255.0
-        self.scale = 1.0 / std_t
-        self.shift = -mean_t / std_t
-
-    @classmethod
-    def for_model(cls, model_cfg: Any, runtime: Runtime) -> "Normalizer":
-        """The normaliser a ``model`` config section describes (``mean``, ``std``, ``channel_order``)."""
-        get = model_cfg.get
-        return cls(get("mean"), get("std"), runtime, get("channel_order", "rgb") or "rgb")
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.runtime.device, non_blocking=True).permute(0, 3, 1, 2)
-        if self.channel_order == "bgr":
-            x = x.flip(1)
-        x = torch.addcmul(self.shift, x.float(), self.scale)
-        if self.runtime.channels_last:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x.contiguous()

@@ -22,7 +22,8 @@ from recallseg.losses import LossContext, SegmentationLoss, build_loss
 from recallseg.models import build_model
 from recallseg.training.cuda_graph import check_graph_support
 from recallseg.training.optim import build_optimizer, build_scheduler
-from recallseg.runtime.device import Normalizer, Runtime
+from recallseg.runtime.device import Runtime
+from recallseg.runtime.normalize import Normalizer
 from recallseg.runtime.random_state import rank_seed
 
 log = logging.getLogger("recallseg")
