@@ -22,6 +22,10 @@ class ConfigError(UserError, ValueError):
         super().__init__(f"{key}: {problem}" + (f"; {fix}" if fix else ""))
 
 
+class NonFiniteError(UserError, FloatingPointError):
+    """Training produced a NaN or infinity (a loss, a weight): the settings or the data are at fault."""
+
+
 def nearest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate most like ``name`` (for "did you mean" hints), or None."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

@@ -45,12 +45,15 @@ def write_to_run_log(text: str, level: int = logging.ERROR) -> None:
 
 @contextlib.contextmanager
 def user_errors(log_to_run: bool = False) -> Iterator[None]:
-    """Print a UserError (and the file-system and numeric ones a user causes) as one line; exit 2."""
+    """Print a UserError, or an OS error about a file the OS names (missing, unreadable, not writable),
+    as one line; exit 2. Everything else is a bug and keeps its traceback."""
     from recallseg.checkpoints.resume import RunRefused
 
     try:
         yield
-    except (UserError, FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError, FloatingPointError) as error:
+    except (UserError, OSError) as error:
+        if not isinstance(error, UserError) and getattr(error, "filename", None) is None:
+            raise  # an OS error that names no file is not about the user's files: a bug, with its traceback
         line = f"error: {one_line(error)}"
         from tqdm import tqdm
 

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from recallseg.errors import ConfigError
 from recallseg.losses.class_weights import RENAMED_MODES, WEIGHT_MODES, class_weights_from_counts
 from recallseg.losses.fused.statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
 from recallseg.losses.registry import LossContext, SegmentationLoss
@@ -21,7 +22,7 @@ def read_weights_file(path: str | Path) -> list[float]:
     """Read class weights from a JSON list, a JSON object with a ``weights`` list, or a text file of numbers."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class weights file {path} does not exist; pass loss.weights=[...] or fix loss.weights_file")
+        raise ConfigError("loss.weights_file", f"{path} does not exist", "pass loss.weights=[...] or fix loss.weights_file")
     text = path.read_text()
     try:
         data = json.loads(text)

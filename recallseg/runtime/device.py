@@ -7,7 +7,6 @@ import os
 import random
 from dataclasses import dataclass
 
-
 import numpy as np
 import torch
 import torch.distributed as dist

@@ -24,6 +24,7 @@ from recallseg.checkpoints.resume import newest_resumable, reconciled_best_score
 from recallseg.checkpoints.resume_changes import apply_optimizer_options, check_resumable
 from recallseg.runtime.random_state import rng_state
 from recallseg.training.run_directory import check_writable
+from recallseg.errors import NonFiniteError
 
 log = logging.getLogger("recallseg")
 
@@ -109,7 +110,7 @@ class CheckpointPolicy:
         """Write a checkpoint; refuses weights or statistics that are not finite (a NaN never reaches disk)."""
         key = first_nonfinite(self.model.state_dict())
         if key is not None:
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"model tensor {key!r} is not finite at iteration {self.iteration}; not saving {name}. "
                 "Lower optimizer.lr, set trainer.grad_clip, or check the data."
             )

@@ -18,6 +18,7 @@ import torch
 
 from recallseg.training.optim import current_lr
 from recallseg.evaluation.reporting import PerClassHistory
+from recallseg.errors import NonFiniteError
 
 log = logging.getLogger("recallseg")
 
@@ -58,7 +59,7 @@ class TrainingWindow:
         if bad:
             where = f"{bad} of iterations {start_iteration + 1}..{iteration} (first: {first_bad})"
             if self.nonfinite == "stop":
-                raise FloatingPointError(
+                raise NonFiniteError(
                     f"non-finite training loss at {where}. Lower optimizer.lr, set trainer.grad_clip, check the data, "
                     "or set trainer.nonfinite=skip to skip such steps."
                 )

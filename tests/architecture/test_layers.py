@@ -78,7 +78,7 @@ def upward_edges() -> list[str]:
                 continue
             if layer_of(goal) >= layer_of(source):
                 edges.append(f"{module_name(path)} -> {target}")
-    return edges
+    return sorted(edges)
 
 
 def test_every_import_goes_down_the_layers():
