@@ -1,4 +1,4 @@
-"""The benchmarks (step, loss, data, inference): the same as ``recallseg-benchmark`` (see recallseg/commands/benchmark.py)."""
+"""The benchmarks (step, loss, data, inference): the same as ``recallseg-benchmark`` (see recallseg/commands/benchmark/)."""
 
 from recallseg.commands.benchmark import main
 

@@ -3,8 +3,12 @@
 import json
 
 import pytest
+import torch
+from torch import nn
 
 from recallseg.commands import benchmark
+from recallseg.commands.benchmark import step
+from recallseg.commands.benchmark.inference import benchmark_inference
 
 
 @pytest.mark.slow
@@ -34,8 +38,8 @@ def test_the_step_section_times_the_trainers_own_step(tmp_path, monkeypatch):
     calls = []
     original = Trainer.step
     monkeypatch.setattr(Trainer, "step", lambda self, images, masks: calls.append(images.shape) or original(self, images, masks))
-    trainer = benchmark.step_trainer("ce", "fp32", __import__("torch").device("cpu"), [32, 32], 2, 9, tmp_path)
-    assert benchmark.step_speed(trainer, 2, [32, 32], 9, iters=1, warmup=1) > 0
+    trainer = step.step_trainer("ce", "fp32", torch.device("cpu"), [32, 32], 2, 9, tmp_path)
+    assert step.step_speed(trainer, 2, [32, 32], 9, iters=1, warmup=1) > 0
     assert calls == [(2, 32, 32, 3)] * 2  # warmup + timed: the trainer's method, on uint8 NHWC batches
     assert trainer.iteration == 0  # the trainer's loop did not run; only its step
 
@@ -43,3 +47,10 @@ def test_the_step_section_times_the_trainers_own_step(tmp_path, monkeypatch):
 def test_unknown_sections_are_one_line():
     with pytest.raises(SystemExit, match="unknown section"):
         benchmark.main(["--sections", "stepp"])
+
+
+def test_inference_timing_reports_images_per_second():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 5, kernel_size=1).eval()
+    result = benchmark_inference(model, (64, 64), mode="slide", iterations=2, crop_size=(32, 32), stride=(16, 16))
+    assert result["images_per_second"] > 0 and result["mode"] == "slide" and result["crop_size"] == [32, 32]

@@ -7,7 +7,6 @@ from torch import nn
 from recallseg.evaluation.inference import (
     Inference,
     InferenceSettings,
-    benchmark_inference,
     slide_logits,
     whole_logits,
     window_starts,
@@ -113,11 +112,6 @@ def test_settings_reject_nonsense():
         InferenceSettings(scales=[])
     with pytest.raises(ValueError, match="unknown inference option"):
         InferenceSettings.from_config({"mode": "slide", "crop": 3})
-
-
-def test_benchmark_reports_images_per_second():
-    result = benchmark_inference(pointwise_model(), (64, 64), mode="slide", iterations=2, crop_size=(32, 32), stride=(16, 16))
-    assert result["images_per_second"] > 0 and result["mode"] == "slide" and result["crop_size"] == [32, 32]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

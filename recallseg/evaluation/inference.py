@@ -20,7 +20,6 @@ to the host (window positions and sizes are computed from shapes), so a GPU neve
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -194,60 +193,3 @@ class Inference:
             logits = resize_logits(logits, (height, width))
             total = logits if total is None else total + logits
         return total / (len(s.scales) * (2 if s.flip else 1))
-
-
-@torch.no_grad()
-def benchmark_inference(
-    model: nn.Module,
-    shape: Sequence[int],
-    mode: str = "whole",
-    batch_size: int = 1,
-    iterations: int = 5,
-    warmup: int = 1,
-    device: str | torch.device | None = None,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    **settings: Any,
-) -> dict[str, Any]:
-    """Images per second of ``model`` on random ``[batch_size, 3, H, W]`` inputs (``shape`` = ``(H, W)``).
-
-    ``settings`` are further :class:`InferenceSettings` (crop_size, stride, flip, scales...).
-    Synchronises the device only around the timed loop. Returns the settings and the timing.
-    """
-    height, width = int(shape[0]), int(shape[1])
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model = model.to(device).eval()
-    infer = Inference(InferenceSettings(mode=mode, **settings))
-    x = torch.randn(batch_size, 3, height, width, device=device)
-    if channels_last:  # as the runtime's Normalizer hands batches to a channels-last model
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    def run() -> None:
-        if amp_dtype is not None:
-            with torch.autocast(device_type=device.type, dtype=amp_dtype):
-                infer(model, x)
-        else:
-            infer(model, x)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        run()
-    sync()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        run()
-    sync()
-    seconds = time.perf_counter() - start
-    return {
-        **infer.settings.as_dict(),
-        "height": height,
-        "width": width,
-        "batch_size": batch_size,
-        "device": str(device),
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
-        "seconds_per_image": seconds / (iterations * batch_size),
-        "images_per_second": iterations * batch_size / seconds,
-    }

@@ -1,0 +1,5 @@
+"""``python -m recallseg.commands.benchmark``: the same as ``recallseg-benchmark``."""
+
+from recallseg.commands.benchmark import main
+
+main()
