@@ -154,7 +154,6 @@ def loss_section(devices: list[torch.device], args) -> list[dict]:
     unknown = [name for name in losses if name not in CONFIGS and name != "authors_recall_reference"]
     if unknown:
         raise SystemExit(f"error: --loss-names: unknown loss(es) {unknown}; choose from {list(CONFIGS) + ['authors_recall_reference']}")
-    args.losses_alone = losses
     results = []
     for device in devices:
         result = time_losses(device, argparse.Namespace(**{**vars(args), "losses": losses}))
