@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from conftest import TINY_OVERRIDES
 from recallseg.config.construct import build, transform_kinds
 from recallseg.checkpoints.format import CheckpointError, load_checkpoint, save_checkpoint
-from recallseg.checkpoints.stored_data import escape_interpolations, read_plain
+from recallseg.checkpoints.stored_data import escape_interpolations, read_stored_value
 from recallseg.errors import ConfigError
 
 SECRET = "RECALLSEG_TEST_SECRET"
@@ -254,13 +254,13 @@ def test_a_literal_dollar_brace_in_a_stored_string_stays_text(clean_checkpoint, 
 def test_the_escape_is_the_one_omegaconf_reads_back_as_the_same_text(text):
     stored = escape_interpolations(text)
     assert OmegaConf.to_container(OmegaConf.create({"k": stored}), resolve=True)["k"] == text
-    assert read_plain(stored, "k", "file") == text
+    assert read_stored_value(stored, "k", "file") == text
 
 
 @pytest.mark.parametrize("stored", ["${x}", "\\\\${x}", "a${oc.env:HOME}", "\\\\\\\\${x}"])
 def test_an_unescaped_interpolation_is_refused_whatever_backslashes_come_before(stored):
     with pytest.raises(Exception, match="holds the interpolation"):
-        read_plain(stored, "config.k", "file.pt")
+        read_stored_value(stored, "config.k", "file.pt")
 
 
 def test_the_user_may_still_type_interpolations_when_evaluating(clean_checkpoint, monkeypatch):

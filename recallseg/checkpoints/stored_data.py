@@ -61,7 +61,7 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
-def read_plain(value: Any, key: str, path: Any, *, config: bool = False) -> Any:
+def read_stored_value(value: Any, key: str, path: Any, *, config: bool = False) -> Any:
     """``value`` as plain data with the escape undone; refuses interpolations anywhere, and in a
     config also Hydra's call-changing keys and anything but None, bool, int, float, str, list, dict."""
     if isinstance(value, str):
@@ -69,17 +69,17 @@ def read_plain(value: Any, key: str, path: Any, *, config: bool = False) -> Any:
             raise _refuse(path, key, f"holds the interpolation {_shown(value)}, which would be resolved (run) when read")
         return _unescape(value)
     if isinstance(value, dict):
-        plain = {}
+        checked = {}
         for name, item in value.items():
             if not isinstance(name, str):
                 raise _refuse(path, key, f"has the key {name!r}, which is not text")
             where = f"{key}.{name}"
             if config and name.startswith("_") and name.endswith("_") and name != "_target_":
                 raise _refuse(path, where, "is a Hydra key that changes what is called or how")
-            plain[read_plain(name, where, path)] = read_plain(item, where, path, config=config)
-        return plain
+            checked[read_stored_value(name, where, path)] = read_stored_value(item, where, path, config=config)
+        return checked
     if isinstance(value, (list, tuple)):
-        return [read_plain(item, f"{key}[{index}]", path, config=config) for index, item in enumerate(value)]
+        return [read_stored_value(item, f"{key}[{index}]", path, config=config) for index, item in enumerate(value)]
     if value is None or isinstance(value, (bool, int, float)) or not config:
         return value
     raise _refuse(path, key, f"holds a {type(value).__name__}, where a config holds only text, numbers, lists and mappings")
@@ -90,7 +90,7 @@ def read_stored_data(state: dict[str, Any], path: Any) -> dict[str, Any]:
     state = dict(state)
     for key in DATA_KEYS:
         if key in state:
-            state[key] = read_plain(state[key], key, path, config=key == "config")
+            state[key] = read_stored_value(state[key], key, path, config=key == "config")
     config = state.get("config")
     if config is not None and not isinstance(config, dict):
         raise _refuse(path, "config", f"is a {type(config).__name__}, not a mapping")

@@ -30,8 +30,8 @@ from recallseg.errors import ConfigError, UserError, nearest
 TRUSTED_PACKAGES = ("recallseg", "segmentation_models_pytorch", "albumentations")
 
 
-def plain(node: Any) -> Any:
-    """A DictConfig/ListConfig as plain, resolved Python data; anything else unchanged."""
+def resolved(node: Any) -> Any:
+    """A DictConfig/ListConfig as plain Python data with its interpolations resolved; anything else unchanged."""
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=True)
     return node
@@ -192,7 +192,7 @@ def build(
     Nested sections with their own ``_target_`` are built too (albumentations' ``OneOf``).
     """
     # A stored section is never resolved (an interpolation in it stays text); the user's is, once.
-    section = plain(section) if trusted else OmegaConf.to_container(section, resolve=False) if isinstance(section, DictConfig) else section
+    section = resolved(section) if trusted else OmegaConf.to_container(section, resolve=False) if isinstance(section, DictConfig) else section
     if not isinstance(section, Mapping) or "_target_" not in section:
         raise ConfigError(key, f"must be a mapping with a _target_ naming what to build, got {section!r}")
     if not trusted:  # checked as it will be called: this tree is what the constructors get

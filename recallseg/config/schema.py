@@ -201,7 +201,8 @@ def check_section(section: Any, schema: Mapping[str, Any], where: str, allow_ext
             check_value(name, value, option)
 
 
-def plain(cfg: Any) -> dict:
+def resolved_mapping(cfg: Any) -> dict:
+    """A config (DictConfig or mapping) as a plain dict, interpolations resolved (one-line error if one cannot be)."""
     if isinstance(cfg, DictConfig):
         try:
             return OmegaConf.to_container(cfg, resolve=True)
@@ -232,7 +233,7 @@ def check_inference_values(inference: Mapping[str, Any]) -> None:
 
 def validate_train_config(cfg: Any) -> dict:
     """The composed training config as plain data, or a ConfigError for the first problem."""
-    data = {k: v for k, v in plain(cfg).items() if k != "hydra"}
+    data = {k: v for k, v in resolved_mapping(cfg).items() if k != "hydra"}
     check_section(data, TRAIN, "")
     check_training_values(data)
     return data
@@ -240,7 +241,7 @@ def validate_train_config(cfg: Any) -> dict:
 
 def validate_eval_config(cfg: Any) -> dict:
     """The evaluation options (not the stored training config, which ``checkpoint_config`` checks)."""
-    data = {k: v for k, v in plain(cfg).items() if k in EVAL}
+    data = {k: v for k, v in resolved_mapping(cfg).items() if k in EVAL}
     check_section(data, EVAL, "")
     check_inference_values(data["inference"])
     return data

@@ -1,12 +1,13 @@
-"""What evaluation feeds the model: transformed images next to the *full-resolution* labels.
+"""What evaluation feeds the model: transformed images next to the labels they are scored on.
 
-Training-time validation scores the label as the dataset's pipeline returns it. A checkpoint
-evaluation scores the label file at its own resolution instead, whatever the dataset does
-on the way:
+Validation during training and ``evaluate.py`` build the same samples, from
+``evaluation.full_resolution`` (default true). With it, the label file is scored at its own
+resolution, whatever the dataset does on the way; with false, the mask as the dataset's
+pipeline returns it:
 
 - a dataset-level ``resize`` (e.g. Synthia's 768x384 protocol) or a resizing ``val_transform``
   changes the image the model sees, but the mask scored is the original one; the logits are
-  resized to it (``engine.inference.resize_logits``). Only resizing val transforms make sense
+  resized to it (``evaluation.inference.resize_logits``). Only resizing val transforms make sense
   here: a crop would be scored against the uncropped label.
 - no padding is added to the images: inference pads to the model's stride by itself and
   crops the logits back.
@@ -147,11 +148,11 @@ def evaluation_samples(
     """What validation and evaluate.py score: ``dataset`` (built without a transform) through
     ``dataset.val_transform``, next to its labels. No padding is added: inference pads to the
     model's stride by itself and crops the logits back."""
-    from recallseg.config.construct import plain
+    from recallseg.config.construct import resolved
     from recallseg.pipeline.transforms import build_transform
 
     transform = build_transform(
-        plain(dataset_cfg).get("val_transform"), ignore_index=dataset.ignore_index, where="dataset.val_transform", trusted=trusted,
+        resolved(dataset_cfg).get("val_transform"), ignore_index=dataset.ignore_index, where="dataset.val_transform", trusted=trusted,
         named_by_user=named_by_user,
     )  # fmt: skip
     return EvaluationSamples(dataset, transform, full_resolution=full_resolution, keep_image=keep_image)

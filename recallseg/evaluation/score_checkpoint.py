@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recallseg.config.construct import plain
+from recallseg.config.construct import resolved
 
 from recallseg.pipeline.builder import build_dataset
 from recallseg.evaluation.metrics import format_table, metrics_from_confusion
@@ -48,7 +48,7 @@ def model_from_checkpoint(
     """The checkpoint's model, built from its stored (untrusted) ``model`` section without downloading
     anything, with its weights, on the runtime's device, in eval mode."""
     require_finite_weights(state, checkpoint_path)
-    model_cfg = plain(cfg["model"])
+    model_cfg = resolved(cfg["model"])
     model = build_model(model_cfg, num_classes, trusted=False, named_by_user=named_by_user, offline=True)
     try:
         model.load_state_dict(state["model"])

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from recallseg.config.files import config_dir, group_options
-from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, plain
+from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, resolved
 from recallseg.errors import ConfigError, UserError, nearest
 
 # Losses registered from Python: name -> their config section ({_target_: ..., **defaults}).
@@ -155,7 +155,7 @@ def check_loss_options(section: Mapping[str, Any], where: str = "loss") -> None:
 def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str = "loss", **options: Any) -> SegmentationLoss:
     """Build a loss from a name (``"recall"``), a section naming one (``{"name": "recall", "soft": True}``)
     or a config section (``{"_target_": ..., ...}``), with ``options`` on top of its defaults."""
-    section = {"name": spec} if isinstance(spec, str) else dict(plain(spec))
+    section = {"name": spec} if isinstance(spec, str) else dict(resolved(spec))
     if "_target_" not in section and "name" in section:
         section = {**loss_config(str(section.pop("name"))), **section}
     section.update(options)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from recallseg.config.construct import build, plain
+from recallseg.config.construct import build, resolved
 from recallseg.errors import UserError
 
 INPUT_KEYS = ("mean", "std", "channel_order")
@@ -21,7 +21,7 @@ INPUT_KEYS = ("mean", "std", "channel_order")
 
 def network_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The section without its input-description keys."""
-    return {key: value for key, value in plain(cfg).items() if key not in INPUT_KEYS}
+    return {key: value for key, value in resolved(cfg).items() if key not in INPUT_KEYS}
 
 
 def without_downloads(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from recallseg.config.construct import accepted_options, build, locate, plain
+from recallseg.config.construct import accepted_options, build, locate, resolved
 
 
 def build_optimizer(
@@ -20,7 +20,7 @@ def build_optimizer(
     ``capturable`` prepares it for CUDA-graph capture: the learning rate lives in a device
     tensor (the scheduler fills it between replays) and the step counts stay on the device.
     """
-    section = dict(plain(cfg))
+    section = dict(resolved(cfg))
     accepted, _ = accepted_options(locate(section.get("_target_"), "optimizer._target_"))
     if device.type == "cuda" and "fused" in accepted and "fused" not in section:
         section["fused"] = True

@@ -142,26 +142,26 @@ def data_section(args) -> list[dict]:
         }
         rows = []
         for name, (description, make, specs) in protocols.items():
-            plain = make()
-            plain.transform = build_transform(specs, size_divisor=32, ignore_index=255)
-            png_mb = megabytes([s.image for s in plain.samples])
-            label_mb = megabytes([s.label for s in plain.samples])
-            uncached_wall, uncached = samples_per_second(plain, 2 * len(plain), args.min_seconds)
+            source = make()
+            source.transform = build_transform(specs, size_divisor=32, ignore_index=255)
+            png_mb = megabytes([s.image for s in source.samples])
+            label_mb = megabytes([s.label for s in source.samples])
+            uncached_wall, uncached = samples_per_second(source, 2 * len(source), args.min_seconds)
             cached = CachedDataset(make(), tmp / "cache")
             start = time.perf_counter()
             cached.fill(progress=False)
             fill = len(cached) / (time.perf_counter() - start)
-            cached.transform = plain.transform
+            cached.transform = source.transform
             cached_wall, cached_rate = samples_per_second(cached, 4 * len(cached), args.min_seconds)
             loader = {}
             if args.loader_workers:
                 loader = {
                     "loader_workers": args.loader_workers,
-                    "loader_uncached_samples_per_s": round(loader_samples_per_second(plain, args.loader_workers, args.loader_batch, args.min_seconds), 1),
+                    "loader_uncached_samples_per_s": round(loader_samples_per_second(source, args.loader_workers, args.loader_batch, args.min_seconds), 1),
                     "loader_cached_samples_per_s": round(loader_samples_per_second(cached, args.loader_workers, args.loader_batch, args.min_seconds), 1),
                 }
             rows.append({
-                "protocol": name, "pipeline": description, "frames": len(plain), "image_png_mb": round(png_mb, 2),
+                "protocol": name, "pipeline": description, "frames": len(source), "image_png_mb": round(png_mb, 2),
                 "label_png_mb": round(label_mb, 3), "uncached_samples_per_s": round(uncached, 1),
                 "cache_fill_frames_per_s": round(fill, 1), "cached_samples_per_s": round(cached_rate, 1),
                 "uncached_samples_per_wall_s": round(uncached_wall, 1), "cached_samples_per_wall_s": round(cached_wall, 1),
