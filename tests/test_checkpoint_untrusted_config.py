@@ -297,3 +297,15 @@ def test_a_checkpoint_with_a_tampered_iteration_or_score_is_refused(clean_checkp
         torch.save(state, tmp_path / "bad.pt")
         with pytest.raises(CheckpointError, match=f"bad.pt: {key}: "):
             load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_checkpoint_naming_a_class_at_its_former_module_reads_it_at_its_present_one(clean_checkpoint, tmp_path):
+    def old_paths(state):
+        state["config"]["scheduler"]["_target_"] = "recallseg.engine.optim.PolySchedule"
+        state["config"]["dataset"]["val_transform"] = [{"_target_": "recallseg.data.transforms.RandomScaleCrop", "height": 64, "width": 64}]
+
+    config = load_checkpoint(edited(clean_checkpoint, old_paths, tmp_path / "old.pt"))["config"]
+    assert config["scheduler"]["_target_"] == "recallseg.training.optim.PolySchedule"
+    assert config["dataset"]["val_transform"][0]["_target_"] == "recallseg.pipeline.transforms.RandomScaleCrop"
+    from recallseg.pipeline.transforms import RandomScaleCrop  # noqa: F401  (the present path exists)
+    from recallseg.training.optim import PolySchedule  # noqa: F401

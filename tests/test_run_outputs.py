@@ -96,3 +96,25 @@ def test_best_pt_is_evaluated_predicted_and_exported(run, tmp_path):
     cv2.imwrite(str(tmp_path / "photo.png"), np.zeros((40, 60, 3), np.uint8))
     assert predict.main([f"checkpoint={best}", f"input={tmp_path / 'photo.png'}", f"output={tmp_path / 'pred'}", "device=cpu"]) == 0
     assert export.main([f"checkpoint={best}", f"output={tmp_path / 'm.onnx'}", "raw_input=true"]) == 0
+
+
+def test_the_table_that_ends_a_run_is_also_in_train_log(tmp_path, capsys):
+    """The per-class table goes to the console and to the run's log file (the run's record)."""
+    import logging
+
+    from conftest import TINY_OVERRIDES
+    from recallseg.commands.train import run_training
+    from recallseg.config.compose import compose_checked
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        run_training(compose_checked("train", [*TINY_OVERRIDES, "trainer.max_iters=1", "trainer.val_interval=1", f"output_dir={tmp_path / 'run'}"]))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    printed = capsys.readouterr().out
+    table = printed[printed.index("| class"):].strip() if "| class" in printed else printed.strip()
+    log_text = (tmp_path / "train.log").read_text()
+    assert "final metrics at iteration 1:" in log_text
+    assert table.splitlines()[0] in log_text and table.splitlines()[-1] in log_text

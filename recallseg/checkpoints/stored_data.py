@@ -31,6 +31,14 @@ _INTERPOLATION = re.compile(r"(?<!\\)(?:\\\\)*\$\{")
 _DOLLAR_BRACE = re.compile(r"(\\*)\$\{")
 
 
+# Modules that moved since checkpoints were first written: a stored ``_target_`` in one of them
+# is read as the class's present path, so older checkpoints evaluate and resume as before.
+MOVED_MODULES = {
+    "recallseg.data.transforms": "recallseg.pipeline.transforms",
+    "recallseg.engine.optim": "recallseg.training.optim",
+}
+
+
 class StoredDataError(UserError):
     """A checkpoint's plain data is not what recallseg writes: the file was edited or is foreign."""
 
@@ -77,12 +85,20 @@ def read_stored_value(value: Any, key: str, path: Any, *, config: bool = False) 
             if config and name.startswith("_") and name.endswith("_") and name != "_target_":
                 raise _refuse(path, where, "is a Hydra key that changes what is called or how")
             checked[read_stored_value(name, where, path)] = read_stored_value(item, where, path, config=config)
+        if config and isinstance(checked.get("_target_"), str):
+            checked["_target_"] = present_path(checked["_target_"])
         return checked
     if isinstance(value, (list, tuple)):
         return [read_stored_value(item, f"{key}[{index}]", path, config=config) for index, item in enumerate(value)]
     if value is None or isinstance(value, (bool, int, float)) or not config:
         return value
     raise _refuse(path, key, f"holds a {type(value).__name__}, where a config holds only text, numbers, lists and mappings")
+
+
+def present_path(target: str) -> str:
+    """``target`` with a module that has moved (``MOVED_MODULES``) replaced by its present one."""
+    module, _, name = target.rpartition(".")
+    return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
 
 
 def read_stored_data(state: dict[str, Any], path: Any) -> dict[str, Any]:

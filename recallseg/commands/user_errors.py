@@ -7,13 +7,13 @@ run's ``train.log`` where there is one); anything else is a bug and keeps its tr
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import sys
 import traceback
 from typing import Iterator
 
 from recallseg.errors import UserError
+from recallseg.training.log import write_to_run_log
 
 
 class Refused(UserError):
@@ -33,14 +33,6 @@ def one_line(error: BaseException) -> str:
             last = [line for line in lines if line.strip()][-1]
             text = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(text.split())
-
-
-def write_to_run_log(text: str, level: int = logging.ERROR) -> None:
-    """Write ``text`` to the run's log file(s) only (train.log), not again to the console."""
-    record = logging.LogRecord("recallseg", level, __file__, 0, text, None, None)
-    for handler in logging.getLogger().handlers + logging.getLogger("recallseg").handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 
 @contextlib.contextmanager

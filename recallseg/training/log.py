@@ -97,3 +97,11 @@ def console_loggers() -> list[logging.Logger]:
     so that no log line lands on the progress bar's line: the root logger (where Hydra puts the
     console handler) and ``recallseg`` when it has handlers of its own."""
     return [logging.getLogger()] + ([log] if log.handlers else [])
+
+
+def write_to_run_log(text: str, level: int = logging.ERROR) -> None:
+    """Write ``text`` to the run's log file(s) only (train.log), not again to the console."""
+    record = logging.LogRecord("recallseg", level, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers + logging.getLogger("recallseg").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

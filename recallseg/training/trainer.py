@@ -30,7 +30,7 @@ from recallseg.runtime.signals import Interruptible, Interrupted, StopAgreement,
 from recallseg.training.build import build_training, describe_parts, freeze_batchnorm
 from recallseg.training.checkpointing import CheckpointPolicy
 from recallseg.training.cuda_graph import GraphedStep
-from recallseg.training.log import TrainingLogger, TrainingWindow, console_loggers
+from recallseg.training.log import TrainingLogger, TrainingWindow, console_loggers, write_to_run_log
 from recallseg.training.tensorboard_images import ValidationPictures, trainer_predictor
 
 log = logging.getLogger("recallseg")
@@ -134,7 +134,9 @@ class Trainer(CheckpointPolicy):
         if metrics is None:  # resumed at max_iters: nothing left to train, still report
             metrics = self.validate()
         if runtime.is_main:
-            print(format_table(metrics), flush=True)
+            table = format_table(metrics)
+            print(table, flush=True)
+            write_to_run_log(f"final metrics at iteration {self.iteration}:\n{table}", logging.INFO)
             write_metrics_json(self.output_dir / "metrics.json", metrics, iteration=self.iteration, checkpoint=str(self.checkpoint_dir / "last.pt"))
             self.writer.close()
         return metrics
