@@ -1,4 +1,4 @@
-"""The files an evaluation run leaves in its directory.
+"""The files a training or evaluation run leaves in its directory.
 
 - ``metrics.json``: the schema of training runs (mIoU, mAcc, aAcc, mPrecision, per_class,
   iteration, checkpoint) plus the split, the inference settings and the evaluation options;
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,9 +18,23 @@ from typing import Any, Sequence
 import numpy as np
 
 from recallseg.evaluation.pictures import save_confusion_matrix
-from recallseg.evaluation.reporting import write_metrics_json
+from recallseg.atomic_files import atomic_write
 
 PER_CLASS_COLUMNS = ("class", "iou", "acc", "precision", "pixels")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
+
+
+def write_metrics_json(path: str | Path, metrics: dict, **extra: Any) -> None:
+    """metrics.json: fractions in [0, 1]; NaN (class absent) becomes null so the file is valid JSON."""
+    with atomic_write(path) as handle:
+        json.dump({**_finite_or_none(metrics), **extra}, handle, indent=2)
 
 
 def write_per_class_csv(path: str | Path, metrics: dict) -> Path:

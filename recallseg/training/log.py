@@ -12,15 +12,48 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from recallseg.training.optim import current_lr
-from recallseg.evaluation.reporting import PerClassHistory
 from recallseg.errors import NonFiniteError
 
 log = logging.getLogger("recallseg")
+
+
+def log_metrics(writer, metrics: dict, step: int, prefix: str = "val") -> None:
+    """Means and per-class IoU, accuracy and precision as TensorBoard scalars."""
+    for key in ("mIoU", "mAcc", "aAcc", "mPrecision"):
+        if not math.isnan(metrics[key]):
+            writer.add_scalar(f"{prefix}/{key}", metrics[key], step)
+    for name, row in metrics["per_class"].items():
+        for key, tag in (("iou", "IoU"), ("acc", "Acc"), ("precision", "Precision")):
+            if not math.isnan(row[key]):
+                writer.add_scalar(f"{prefix}/{tag}/{name}", row[key], step)
+
+
+class PerClassHistory:
+    """Per-class values over iterations (e.g. recall weights), drawn as a class x iteration heatmap."""
+
+    def __init__(self, class_names: Sequence[str], max_columns: int = 512):
+        self.class_names = list(class_names)
+        self.columns: list[np.ndarray] = []
+        self.max_columns = max_columns
+
+    def append(self, values: torch.Tensor) -> None:
+        self.columns.append(values.detach().float().cpu().numpy())
+        if len(self.columns) > self.max_columns:  # keep the picture bounded: drop every other old column
+            self.columns = self.columns[::2]
+
+    def image(self, cell: int = 8) -> np.ndarray:
+        """HWC uint8 heatmap, rows = classes, columns = logged iterations, viridis colours for [0, 1]."""
+        from matplotlib import colormaps
+
+        values = np.clip(np.nan_to_num(np.stack(self.columns, axis=1), nan=0.0), 0.0, 1.0)
+        rgb = (colormaps["viridis"](values)[..., :3] * 255).astype(np.uint8)
+        return np.repeat(np.repeat(rgb, cell, axis=0), max(1, cell // 2), axis=1)
 
 
 class TrainingWindow:
