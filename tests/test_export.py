@@ -31,7 +31,7 @@ def frames():
 def torch_logits(checkpoint, frames):
     """recallseg's own path: the checkpoint's model after runtime.Normalizer."""
     from recallseg.runtime.normalize import Normalizer
-    from recallseg.commands.common import CheckpointModel
+    from recallseg.checkpoints import CheckpointModel
 
     loaded = CheckpointModel(checkpoint, "cpu", "off")
     with torch.no_grad():

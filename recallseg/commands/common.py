@@ -1,9 +1,8 @@
-"""What the key=value tools share: parsing their options, and a checkpoint's model ready for inference."""
+"""What the key=value tools share: parsing their options, --help, and the exit status."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,43 +40,6 @@ def wants_help(argv: Sequence[str], text: str) -> bool:
         print(text.strip())
         return True
     return False
-
-
-class CheckpointModel:
-    """A checkpoint's network on a device in eval mode, with what inference around it needs.
-
-    The checkpoint's stored config is data (``engine.checkpoint_config``): only recallseg's,
-    segmentation-models-pytorch's and albumentations' classes are built from it, and no weights
-    are downloaded."""
-
-    def __init__(self, path: str | Path, device: str = "auto", amp: str = "auto", overrides: Sequence[str] = ()):
-        from recallseg.checkpoints.stored_config import checkpoint_config
-        from recallseg.evaluation.score_checkpoint import model_from_checkpoint
-        from recallseg.runtime.device import init_runtime
-
-        self.path = Path(path)
-        self.state, self.config, named = checkpoint_config(self.path, overrides)
-        self.classes = list(self.state.get("classes") or [])
-        if not self.classes:
-            raise ToolError(f"{self.path} does not list its classes; was it written by recallseg train?")
-        self.runtime = init_runtime(device, amp, "auto")
-        self.model = model_from_checkpoint(self.state, self.config, len(self.classes), self.runtime, self.path, named)
-        model_cfg = self.config["model"]
-        self.mean = list(model_cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.std = list(model_cfg.get("std", (0.229, 0.224, 0.225)))
-        self.channel_order = str(model_cfg.get("channel_order", "rgb"))
-
-    def palette(self) -> list[list[int]] | None:
-        """The class colours stored in the checkpoint, else the (already checked) dataset class's."""
-        if self.state.get("palette") is not None:
-            return self.state["palette"]
-        target = self.config["dataset"].get("_target_")
-        try:
-            from hydra.utils import get_class
-
-            return getattr(get_class(target), "palette", None)
-        except Exception:  # optional: colours are generated without it
-            return None
 
 
 def exit_code(run, argv: Sequence[str] | None) -> int:

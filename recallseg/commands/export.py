@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recallseg.commands.common import CheckpointModel, ToolError, exit_code, parse_options, wants_help
+from recallseg.checkpoints.model import CheckpointModel
+from recallseg.commands.common import ToolError, exit_code, parse_options, wants_help
 from recallseg.runtime.device import Runtime
 from recallseg.runtime.normalize import Normalizer
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from recallseg.commands.common import CheckpointModel, ToolError, exit_code, parse_options, wants_help
+from recallseg.checkpoints.model import CheckpointModel
+from recallseg.commands.common import ToolError, exit_code, parse_options, wants_help
 
 DEFAULTS = {
     "checkpoint": "???",

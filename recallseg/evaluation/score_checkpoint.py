@@ -6,62 +6,27 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recallseg.config.construct import resolved
 
 from recallseg.pipeline.builder import build_dataset
 from recallseg.evaluation.metrics import format_table, metrics_from_confusion
-from recallseg.models import build_model
-from recallseg.checkpoints.format import CheckpointError, require_finite_weights
-from recallseg.checkpoints.stored_config import checkpoint_config, read_checkpoint
+from recallseg.checkpoints.model import check_classes, model_from_checkpoint
+from recallseg.checkpoints.stored_config import checkpoint_config
 from recallseg.evaluation.loop import evaluate
 from recallseg.evaluation.samples import evaluation_loader, evaluation_samples, sample_names
 from recallseg.evaluation.report import write_evaluation_report
 from recallseg.evaluation.inference import Inference, InferenceSettings
 from recallseg.evaluation.predictions import PredictionWriter
-from recallseg.runtime.device import Runtime, init_runtime
+from recallseg.runtime.device import init_runtime
 from recallseg.runtime.normalize import Normalizer
 
 log = logging.getLogger("recallseg")
 
-__all__ = ["evaluate_checkpoint", "model_from_checkpoint", "read_checkpoint", "check_classes"]
-
-
-def check_classes(state: dict, classes: list[str], checkpoint_path: Path, where: str) -> None:
-    """The dataset must have the checkpoint's classes, by name and order (not just as many)."""
-    stored = list(state.get("classes") or [])
-    if stored != list(classes):
-        detail = f"{len(stored)} vs {len(classes)} classes" if len(stored) != len(classes) else f"first difference: {next(f'{a!r} vs {b!r}' for a, b in zip(stored, classes) if a != b)}"
-        raise CheckpointError(
-            f"{checkpoint_path}: it was trained for classes {stored} but {where} has {list(classes)} ({detail}); evaluate it on "
-            "data with the same classes, mapped to them if needed (a Synthia model on Cityscapes: dataset.class_set=synthia16)"
-        )
-
-
-def model_from_checkpoint(
-    state: dict, cfg: Mapping[str, Any], num_classes: int, runtime: Runtime, checkpoint_path: Path, named_by_user: frozenset[str] = frozenset()
-) -> torch.nn.Module:
-    """The checkpoint's model, built from its stored (untrusted) ``model`` section without downloading
-    anything, with its weights, on the runtime's device, in eval mode."""
-    require_finite_weights(state, checkpoint_path)
-    model_cfg = resolved(cfg["model"])
-    model = build_model(model_cfg, num_classes, trusted=False, named_by_user=named_by_user, offline=True)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(
-            f"{checkpoint_path}: its weights do not fit model {model_cfg.get('_target_')} ({first}); do not override model.* "
-            "when evaluating a checkpoint"
-        ) from None
-    model.to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.eval()
+__all__ = ["evaluate_checkpoint"]
 
 
 def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
