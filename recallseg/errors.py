@@ -22,6 +22,10 @@ class ConfigError(UserError, ValueError):
         super().__init__(f"{key}: {problem}" + (f"; {fix}" if fix else ""))
 
 
+class DatasetError(UserError, ValueError):
+    """A dataset on disk is not what recallseg expects; the message says which file and why."""
+
+
 def nearest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate most like ``name`` (for "did you mean" hints), or None."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from dataset_trees import make_folder, write_array, write_rgb
+from recallseg.data import DatasetError
 from recallseg.data.folder import FolderDataset
-from recallseg.data.io import DatasetError
 
 
 @pytest.mark.parametrize("layout", ["subdirs", "lists"])

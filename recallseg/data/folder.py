@@ -33,7 +33,11 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from recallseg.data.io import IMAGE_EXTENSIONS, DatasetError, FilePairDataset, Sample, check_label_values, layout_error, pair_files
+from recallseg.data.base import FilePairDataset, Sample
+from recallseg.data.files import IMAGE_EXTENSIONS
+from recallseg.data.labels import check_label_values
+from recallseg.data.layout import layout_error, pair_files
+from recallseg.errors import DatasetError
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
 LAYOUT = """\

@@ -30,7 +30,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recallseg.data.io import DatasetError, FilePairDataset, Sample, check_label_values, layout_error, list_files, lookup_table, pair_files, read_label
+from recallseg.data.base import FilePairDataset, Sample
+from recallseg.data.files import read_label
+from recallseg.data.labels import check_label_values, lookup_table
+from recallseg.data.layout import layout_error, list_files, pair_files
+from recallseg.errors import DatasetError
 
 SPLITS = ("train", "val", "test", "all")
 LABEL_CHANNEL = 2  # R in OpenCV's BGR order

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from recallseg.data.base import SegmentationDataset
 from recallseg.pipeline.cache import CachedDataset
-from recallseg.data.io import png_size, read_image
+from recallseg.data.files import png_size, read_image
 from recallseg.pipeline.loaders import worker_context, worker_init
 from recallseg.data.masks import to_mask_dtype
 
