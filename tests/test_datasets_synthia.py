@@ -7,7 +7,8 @@ import pytest
 
 from dataset_trees import SYNTHIA_SEQUENCE, make_synthia_rand, make_synthia_seqs, synthia_label, write_array
 from recallseg.data import DatasetError
-from recallseg.data.synthia import RAND_CLASSES, RAND_ID_TO_TRAIN_ID, Synthia, SynthiaRandCityscapes, split_indices
+from recallseg.data.synthia import RAND_CLASSES, RAND_ID_TO_TRAIN_ID, Synthia, SynthiaRandCityscapes
+from recallseg.data.synthia_splits import split_indices
 
 OFFICIAL_16 = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 9, 10: 10, 17: 11, 8: 12, 19: 13, 12: 14, 11: 15}
 
