@@ -130,6 +130,11 @@ def test_a_corrupt_png_is_named(tmp_path):
     assert str(image_path) in str(error.value)
 
 
+def test_an_ignore_index_that_is_a_train_id_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"^Cityscapes ignore_index 18 collides with a class id \(0\.\.18\)$"):
+        Cityscapes(tmp_path, "train", ignore_index=18)
+
+
 def test_resize_applies_to_image_and_mask(tmp_path):
     make_cityscapes(tmp_path, frames={"train": 1}, size=(32, 64))
     image, mask = Cityscapes(tmp_path, "train", resize=[16, 32])[0]

@@ -34,6 +34,8 @@ def test_a_configurable_ignore_index(tmp_path):
     assert np.array_equal(ds[0][1], written["train"][0][1])
     with pytest.raises(DatasetError, match="100"):  # 100 is not a class under the default ignore index
         FolderDataset(tmp_path, "train")[0]
+    with pytest.raises(ValueError, match=r"^FolderDataset ignore_index 2 collides with a class id \(0\.\.2\)$"):
+        FolderDataset(tmp_path, "train", ignore_index=2)
 
 
 def test_a_missing_classes_file_explains_the_format(tmp_path):

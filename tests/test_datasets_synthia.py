@@ -81,6 +81,13 @@ def test_sides_and_cameras_select_directories(seqs):
         Synthia(root, "all", cameras=["Omni_X"])
 
 
+def test_an_ignore_index_that_is_a_class_id_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"^Synthia ignore_index 15 collides with a class id \(0\.\.15\)$"):
+        Synthia(tmp_path, ignore_index=15)
+    with pytest.raises(ValueError, match=r"^SynthiaRandCityscapes ignore_index 0 collides with a class id \(0\.\.15\)$"):
+        SynthiaRandCityscapes(tmp_path, ignore_index=0)
+
+
 def test_resize_is_part_of_loading(seqs):
     root, _ = seqs
     image, mask = Synthia(root, "train", resize=[32, 64])[0]

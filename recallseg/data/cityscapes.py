@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from recallseg.data.base import FilePairDataset, Sample
-from recallseg.data.labels import check_label_values, lookup_table
+from recallseg.data.labels import check_label_values, checked_ignore_index, lookup_table
 from recallseg.data.layout import layout_error, list_files, pair_files
 from recallseg.errors import DatasetError
 
@@ -107,10 +107,8 @@ class Cityscapes(FilePairDataset):
             raise ValueError(f"Cityscapes label_type must be auto, labelIds or labelTrainIds, got {label_type!r}")
         if class_set not in CLASS_SETS:
             raise ValueError(f"Cityscapes class_set must be one of {list(CLASS_SETS)}, got {class_set!r}")
-        if 0 <= ignore_index < len(CLASSES):
-            raise ValueError(f"Cityscapes ignore_index {ignore_index} collides with a train id (0..{len(CLASSES) - 1})")
+        self.ignore_index = checked_ignore_index("Cityscapes", ignore_index, len(CLASSES))
         self.label_type, self.class_set = label_type, class_set
-        self.ignore_index = int(ignore_index)
         train_ids = {i: i for i in range(len(CLASSES))}
         if class_set == "synthia16":
             self.classes = SYNTHIA16_CLASSES

@@ -15,6 +15,14 @@ import numpy as np
 from recallseg.errors import DatasetError
 
 
+def checked_ignore_index(dataset: str, ignore_index: int, num_classes: int) -> int:
+    """``ignore_index`` as an int; a value that is also a class id would silently drop that class."""
+    ignore_index = int(ignore_index)
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(f"{dataset} ignore_index {ignore_index} collides with a class id (0..{num_classes - 1})")
+    return ignore_index
+
+
 def check_label_values(raw: np.ndarray, known: np.ndarray, path: Path | str, what: str = "label ids") -> None:
     """Raise naming ``path`` and the offending values if ``raw`` holds a value with ``known[value] == False``.
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from recallseg.data.base import FilePairDataset, Sample
 from recallseg.data.files import read_label
-from recallseg.data.labels import check_label_values, lookup_table
+from recallseg.data.labels import check_label_values, checked_ignore_index, lookup_table
 from recallseg.data.layout import layout_error, list_files, pair_files
 from recallseg.data.synthia_splits import SPLIT_PROCEDURES, split_positions
 
@@ -74,9 +74,7 @@ def _names(values: Sequence[str] | str | None, prefix: str, allowed: Sequence[st
 class _SynthiaBase(FilePairDataset):
     def __init__(self, root, split, transform, resize, seed, split_fractions, ignore_index):
         super().__init__(root, split, transform=transform, resize=resize)
-        if 0 <= ignore_index < len(self.classes):
-            raise ValueError(f"{type(self).__name__} ignore_index {ignore_index} collides with a class id (0..{len(self.classes) - 1})")
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = checked_ignore_index(type(self).__name__, ignore_index, len(self.classes))
         self.seed = int(seed)
         self.split_fractions = tuple(float(f) for f in split_fractions)
 
