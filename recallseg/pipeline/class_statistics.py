@@ -31,13 +31,16 @@ from tqdm import tqdm
 
 from recallseg.atomic_files import atomic_write
 from recallseg.errors import ConfigError
+from recallseg.config.schema import DATASET_RESERVED
 from recallseg.data.base import SegmentationDataset
 from recallseg.pipeline.loaders import worker_context
 
 log = logging.getLogger(__name__)
 
-# Dataset keys that do not change the labels of a split, left out of the statistics' identity.
-UNRELATED_KEYS = ("train_transform", "val_transform", "split", "val_split", "cache", "cache_dir", "size_divisor", "stats_file")
+# Dataset keys that do not change the labels of a split, left out of the statistics' identity:
+# the builder's own keys. train_split stays in, so statistics cached and files written so far
+# keep their key and still match their config.
+UNRELATED_KEYS = tuple(key for key in DATASET_RESERVED if key != "train_split")
 
 
 @dataclass(frozen=True)
