@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from recallseg.data.files import png_size, read_image, read_label
+from recallseg.data.files import file_signature, image_size, read_image, read_label
 from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
 from recallseg.errors import DatasetError
 
@@ -188,21 +188,11 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
         """``(height, width)`` of sample ``index`` as ``load`` returns it, without decoding when possible."""
         if self.resize is not None:
             return self.resize
-        size = png_size(self.samples[index].image)
-        if size is None:
-            size = read_image(self.samples[index].image).shape[:2]
-        return size
+        return image_size(self.samples[index].image)
 
     def cache_signature(self) -> dict[str, Any]:
         """Everything that determines the loaded frames: class, options and the files (with size and mtime)."""
-        files = []
-        for sample in self.samples:
-            for path in (sample.image, sample.label):
-                if path is None:
-                    files.append(None)
-                    continue
-                stat = path.stat()
-                files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        files = [None if path is None else file_signature(path) for sample in self.samples for path in (sample.image, sample.label)]
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "split": self.split,

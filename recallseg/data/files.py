@@ -1,4 +1,4 @@
-"""Image and label files: decoding them and reading PNG headers.
+"""Image and label files: decoding them, reading PNG headers, and the identity of a file on disk.
 
 Decoding stays in uint8/uint16 with OpenCV; there is no float work on the CPU. Every failure is
 a :class:`DatasetError` naming the file: missing, empty, unreadable or corrupt.
@@ -84,24 +84,40 @@ def read_palette_indices(path: Path) -> np.ndarray:
         raise DatasetError(f"cannot decode {path}: unreadable or corrupt palette PNG ({type(error).__name__}: {error})") from None
 
 
+def _png_header(path: str | os.PathLike, length: int) -> bytes | None:
+    """The first ``length`` bytes of a PNG whose first chunk is IHDR, or None for any other file."""
+    with open(path, "rb") as f:
+        head = f.read(length)
+    if len(head) < length or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head
+
+
 def png_colour_type(path: str | os.PathLike) -> int | None:
     """The IHDR colour type of a PNG (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA), or None for other files."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(26)
+        head = _png_header(path, 26)
     except OSError:
         return None  # read_label's decoding names the problem
-    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
-        return None
-    return head[25]
+    return None if head is None else head[25]
 
 
 def png_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """``(height, width)`` from a PNG header without decoding, or None for other files."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+    head = _png_header(path, 24)
+    if head is None:
         return None
     width, height = struct.unpack(">II", head[16:24])
     return int(height), int(width)
 
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image file: from the header of a PNG, by decoding any other format."""
+    return png_size(path) or read_image(path).shape[:2]
+
+
+def file_signature(path: str | os.PathLike) -> list:
+    """``[resolved path, size, modification time in ns]``: what tells a replaced or edited file from the one seen before."""
+    path = Path(path)
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]

@@ -33,6 +33,7 @@ from recallseg.atomic_files import atomic_write
 from recallseg.errors import ConfigError
 from recallseg.config.schema import DATASET_RESERVED
 from recallseg.data.base import SegmentationDataset
+from recallseg.data.files import file_signature
 from recallseg.pipeline.loaders import worker_context
 
 log = logging.getLogger(__name__)
@@ -124,15 +125,7 @@ def label_files_signature(dataset: SegmentationDataset) -> list | None:
     samples = getattr(source, "samples", None)
     if samples is None:
         return None
-    files = []
-    for sample in samples:
-        label = getattr(sample, "label", None)
-        if label is None:
-            files.append(None)
-            continue
-        stat = Path(label).stat()
-        files.append([str(Path(label).resolve()), stat.st_size, stat.st_mtime_ns])
-    return files
+    return [None if getattr(sample, "label", None) is None else file_signature(sample.label) for sample in samples]
 
 
 def statistics_key(dataset_cfg: Mapping[str, Any], split: str, label_files: list | None = None) -> str:
