@@ -26,6 +26,10 @@ class NonFiniteError(UserError, FloatingPointError):
     """Training produced a NaN or infinity (a loss, a weight): the settings or the data are at fault."""
 
 
+class DatasetError(UserError, ValueError):
+    """A dataset on disk is not what recallseg expects; the message says which file and why."""
+
+
 def nearest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate most like ``name`` (for "did you mean" hints), or None."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

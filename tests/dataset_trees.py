@@ -16,6 +16,20 @@ CITYSCAPES_CITIES = {"train": ["aachen", "bochum"], "val": ["frankfurt"], "test"
 SYNTHIA_SEQUENCE = "SYNTHIA-SEQS-05-SUMMER"
 
 
+def official_train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """cityscapesscripts' train ids of Cityscapes label ids (uint8), its two ignore spellings (255 and -1) as 255.
+
+    Written from the official label list, not from recallseg's tables, so the trees test them.
+    """
+    from cityscapesscripts.helpers.labels import labels
+
+    table = np.full(256, 255, np.uint8)
+    for label in labels:
+        if label.id >= 0 and 0 <= label.trainId < 19:
+            table[label.id] = label.trainId
+    return table[label_ids]
+
+
 def write_rgb(path: Path, image: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG (OpenCV wants BGR)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,9 +88,7 @@ def make_cityscapes(
             if split != "test" or test_labels:
                 write_array(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", ids)
                 if split in train_ids_for:
-                    from recallseg.data.cityscapes import label_id_lookup_table
-
-                    train_ids = label_id_lookup_table()[ids].astype(np.uint8)
+                    train_ids = official_train_ids(ids)
                     write_array(root / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png", train_ids)
             written[split].append((image_path, ids))
         written[split].sort(key=lambda item: (item[0].parent.name, item[0].name))

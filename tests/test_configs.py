@@ -81,6 +81,17 @@ def test_synthetic_dataset_config_builds_with_its_transforms():
     assert len(val) == 4 and train.transform is not None and val.transform is None
 
 
+def test_the_dataset_keys_the_schema_checks_are_the_ones_the_builder_consumes():
+    from recallseg.config.schema import DATASET_RESERVED
+    from recallseg.pipeline.builder import dataset_options
+    from recallseg.pipeline.class_statistics import statistics_config
+
+    cfg = {"_target_": "my_project.data.Mine", "root": "/data", **{key: None for key in DATASET_RESERVED}}
+    assert dataset_options(cfg) == {"root": "/data"}
+    # the statistics' identity: the class, its options and train_split (the key it always had)
+    assert statistics_config(cfg) == {"_target_": "my_project.data.Mine", "root": "/data", "train_split": None}
+
+
 def test_overrides_reach_the_config():
     cfg = compose_train("loss=ce", "trainer.max_iters=7", "trainer.batch_size=3", "seed=5", "dataset.height=32")
     assert cfg.loss._target_.endswith("CrossEntropyLoss") and cfg.trainer.max_iters == 7 and cfg.trainer.batch_size == 3

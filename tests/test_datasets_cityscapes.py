@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import labels as official_labels
 
-from dataset_trees import make_cityscapes, write_array
-from recallseg.data.cityscapes import CLASSES, Cityscapes, label_id_lookup_table, train_ids_to_label_ids
+from dataset_trees import make_cityscapes, official_train_ids, write_array
+from recallseg.data import DatasetError
+from recallseg.data.cityscapes import CLASSES, Cityscapes, train_ids_to_label_ids
 from recallseg.data.synthia import RAND_CLASSES
-from recallseg.data.io import DatasetError
 
 
 def official_train_id(label) -> int:
@@ -15,9 +15,11 @@ def official_train_id(label) -> int:
     return label.trainId if 0 <= label.trainId < 19 else 255
 
 
-def test_lookup_table_equals_cityscapesscripts_for_every_id():
-    table = label_id_lookup_table()
-    assert table.shape == (256,)
+def test_lookup_table_equals_cityscapesscripts_for_every_id(tmp_path):
+    make_cityscapes(tmp_path, frames={"train": 1}, size=(8, 16))
+    ds = Cityscapes(tmp_path, "train")
+    table = ds.lookup  # the table labelIds files are decoded through
+    assert table.shape == (256,) and table.dtype == ds.mask_dtype() == np.uint8
     for label in official_labels:
         if label.id >= 0:
             assert table[label.id] == official_train_id(label), label.name
@@ -25,6 +27,8 @@ def test_lookup_table_equals_cityscapesscripts_for_every_id():
     plate = next(label for label in official_labels if label.id == -1)
     assert official_train_id(plate) == 255 and table[255] == 255
     assert (table[34:] == 255).all()
+    # labelTrainIds files: train ids stay, every other value is ignored
+    assert ds.train_id_lookup.tolist() == list(range(19)) + [255] * (256 - 19)
 
 
 def test_class_names_follow_the_official_train_ids():
@@ -45,7 +49,7 @@ def test_loads_images_and_train_ids(tmp_path):
         image, mask = ds[index]
         assert image.dtype == np.uint8 and image.shape == (*ids.shape, 3)
         assert mask.dtype == np.uint8  # ids 0..18 and ignore 255: the compact dtype
-        assert np.array_equal(mask, label_id_lookup_table()[ids])
+        assert np.array_equal(mask, official_train_ids(ids))
         assert str(image_path) in ds.describe(index)
 
 
@@ -126,6 +130,11 @@ def test_a_corrupt_png_is_named(tmp_path):
     assert str(image_path) in str(error.value)
 
 
+def test_an_ignore_index_that_is_a_train_id_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"^Cityscapes ignore_index 18 collides with a class id \(0\.\.18\)$"):
+        Cityscapes(tmp_path, "train", ignore_index=18)
+
+
 def test_resize_applies_to_image_and_mask(tmp_path):
     make_cityscapes(tmp_path, frames={"train": 1}, size=(32, 64))
     image, mask = Cityscapes(tmp_path, "train", resize=[16, 32])[0]
@@ -137,7 +146,7 @@ def test_the_synthia16_class_set_matches_synthia_rand_cityscapes(tmp_path):
     for label_type in ("labelIds", "labelTrainIds"):
         ds = Cityscapes(tmp_path, "val", class_set="synthia16", label_type=label_type)
         assert tuple(ds.classes) == RAND_CLASSES and len(ds.palette) == 16
-        train_ids = label_id_lookup_table()[written["val"][0][1]]
+        train_ids = official_train_ids(written["val"][0][1])
         names = np.array([*CLASSES, *["ignore"] * (256 - 19)])[train_ids]
         expected = np.array([RAND_CLASSES.index(n) if n in RAND_CLASSES else 255 for n in names.ravel()]).reshape(names.shape)
         assert np.array_equal(ds[0][1], expected)

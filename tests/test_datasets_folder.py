@@ -1,11 +1,12 @@
 """FolderDataset: the user's own images and masks, paired by stem."""
 
+import cv2
 import numpy as np
 import pytest
 
 from dataset_trees import make_folder, write_array, write_rgb
+from recallseg.data import DatasetError
 from recallseg.data.folder import FolderDataset
-from recallseg.data.io import DatasetError
 
 
 @pytest.mark.parametrize("layout", ["subdirs", "lists"])
@@ -34,6 +35,8 @@ def test_a_configurable_ignore_index(tmp_path):
     assert np.array_equal(ds[0][1], written["train"][0][1])
     with pytest.raises(DatasetError, match="100"):  # 100 is not a class under the default ignore index
         FolderDataset(tmp_path, "train")[0]
+    with pytest.raises(ValueError, match=r"^FolderDataset ignore_index 2 collides with a class id \(0\.\.2\)$"):
+        FolderDataset(tmp_path, "train", ignore_index=2)
 
 
 def test_a_missing_classes_file_explains_the_format(tmp_path):
@@ -134,6 +137,24 @@ def test_palette_png_masks_are_read_as_class_indices(tmp_path):
     with pytest.raises(DatasetError, match="7") as error:  # indices are checked like any class ids
         FolderDataset(tmp_path, "train")[1]
     assert str(path) in str(error.value)
+
+
+def test_png_headers_are_read_only_from_files_with_the_png_signature(tmp_path):
+    from recallseg.data.files import PNG_PALETTE, image_size, png_colour_type, png_size
+
+    grey = write_array(tmp_path / "grey.png", np.zeros((5, 7), np.uint8))
+    palette = write_palette_png(tmp_path / "palette.png", np.zeros((5, 7), np.uint8), [(0, 0, 0)])
+    assert png_size(grey) == png_size(palette) == (5, 7) and png_colour_type(grey) == 0 and png_colour_type(palette) == PNG_PALETTE
+    jpeg = tmp_path / "frame.jpg"
+    assert cv2.imwrite(str(jpeg), np.zeros((5, 7, 3), np.uint8))
+    not_png = tmp_path / "fake.png"
+    not_png.write_bytes(b"\x89PNX\r\n\x1a\n" + grey.read_bytes()[8:])
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(grey.read_bytes()[:20])
+    for path in (jpeg, not_png, truncated):
+        assert png_size(path) is None and png_colour_type(path) is None, path
+    assert image_size(jpeg) == (5, 7)  # decoded when the header cannot tell
+    assert png_colour_type(tmp_path / "missing.png") is None  # decoding names the missing file
 
 
 def test_a_colour_coded_mask_is_refused_saying_how_to_convert_it(tmp_path):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from dataset_trees import SYNTHIA_SEQUENCE, make_synthia_rand, make_synthia_seqs, synthia_label, write_array
-from recallseg.data.io import DatasetError
-from recallseg.data.synthia import RAND_CLASSES, RAND_ID_TO_TRAIN_ID, Synthia, SynthiaRandCityscapes, split_indices
+from recallseg.data import DatasetError
+from recallseg.data.synthia import RAND_CLASSES, RAND_ID_TO_TRAIN_ID, Synthia, SynthiaRandCityscapes
+from recallseg.data.synthia_splits import split_indices
 
 OFFICIAL_16 = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 9, 10: 10, 17: 11, 8: 12, 19: 13, 12: 14, 11: 15}
 
@@ -78,6 +79,13 @@ def test_sides_and_cameras_select_directories(seqs):
     assert {s.image.parent.parent.name for s in ds.samples} == {"Stereo_Left"}
     with pytest.raises(ValueError, match="unknown Synthia camera"):
         Synthia(root, "all", cameras=["Omni_X"])
+
+
+def test_an_ignore_index_that_is_a_class_id_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"^Synthia ignore_index 15 collides with a class id \(0\.\.15\)$"):
+        Synthia(tmp_path, ignore_index=15)
+    with pytest.raises(ValueError, match=r"^SynthiaRandCityscapes ignore_index 0 collides with a class id \(0\.\.15\)$"):
+        SynthiaRandCityscapes(tmp_path, ignore_index=0)
 
 
 def test_resize_is_part_of_loading(seqs):

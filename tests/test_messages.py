@@ -10,8 +10,7 @@ RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trai
 
 FAILING_DATASET = '''
 import os
-from recallseg.data import SyntheticStreets
-from recallseg.data.io import DatasetError
+from recallseg.data import DatasetError, SyntheticStreets
 
 class FailsAtSample3(SyntheticStreets):
     def load(self, index):
@@ -71,11 +70,11 @@ def test_log_lines_never_land_on_the_progress_bar_s_line(tmp_path):
 
 
 def test_one_line_unwraps_a_worker_error_spanning_lines():
-    from recallseg.data.io import DatasetError
+    from recallseg.data import DatasetError
 
     wrapped = DatasetError(
         "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 1, in load\n    raise DatasetError("...")\n'
-        "recallseg.data.io.DatasetError: FolderDataset: 1 image(s) without a label:\n  images/a.png (expected label masks/a.png)\n"
+        "recallseg.errors.DatasetError: FolderDataset: 1 image(s) without a label:\n  images/a.png (expected label masks/a.png)\n"
     )
     assert one_line(wrapped) == "FolderDataset: 1 image(s) without a label: images/a.png (expected label masks/a.png)"

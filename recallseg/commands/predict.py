@@ -62,7 +62,8 @@ def find_images(path: Path) -> list[tuple[Path, str]]:
 def predict(cfg) -> list[Path]:
     import torch
 
-    from recallseg.data.io import DatasetError, read_image
+    from recallseg.data.files import read_image
+    from recallseg.errors import DatasetError
     from recallseg.evaluation.inference import Inference, InferenceSettings
     from recallseg.evaluation.predictions import PredictionWriter
     from recallseg.runtime.normalize import Normalizer

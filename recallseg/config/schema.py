@@ -76,6 +76,8 @@ PREDICTIONS = {
     "alpha": Option(float, minimum=0, maximum=1),
 }
 PATHS = {"cache_dir": Option(str)}
+# The dataset keys recallseg consumes itself (recallseg.pipeline.builder); every other key is an
+# argument of the class ``_target_`` names.
 DATASET_RESERVED = {
     "train_transform": Option(list, null=True),
     "val_transform": Option(list, null=True),

@@ -3,9 +3,9 @@
 from recallseg.data.base import SegmentationDataset
 from recallseg.data.cityscapes import Cityscapes
 from recallseg.data.folder import FolderDataset
-from recallseg.data.io import DatasetError
 from recallseg.data.synthetic import SyntheticStreets
 from recallseg.data.synthia import Synthia, SynthiaRandCityscapes
+from recallseg.errors import DatasetError
 
 __all__ = [
     "SegmentationDataset",

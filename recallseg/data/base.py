@@ -8,16 +8,26 @@ transform, both go through it (an albumentations-style callable taking ``image=`
 ``mask=`` keywords). The training loader asks for ``ds[(index, seed)]``: the seed makes the
 random augmentation of that sample a pure function of its position in the sample stream,
 so results do not depend on the number of workers and a resumed run sees the same data.
+
+The file datasets (Cityscapes, Synthia, folder) build on :class:`FilePairDataset`: it reads
+each (image file, label file) pair, checks the sizes agree, applies the optional dataset-level
+``resize`` and maps raw label values to train ids.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from recallseg.data.files import file_signature, image_size, read_image, read_label
 from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
+from recallseg.errors import DatasetError
 
 
 class SegmentationDataset(Dataset):
@@ -52,7 +62,7 @@ class SegmentationDataset(Dataset):
 
     def load_for_transform(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """What the transform receives: ``load`` by default. File datasets hand over masks in a
-        compact dtype (``io.CompactFrames``), so augmentation moves fewer bytes."""
+        compact dtype (``CompactFrames``), so augmentation moves fewer bytes."""
         return self.load(index)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -71,3 +81,123 @@ class SegmentationDataset(Dataset):
         mask = to_mask_dtype(mask, self.num_classes, self.ignore_index, self.describe(index), self.mask_dtype())
         # Cached frames may be read-only views of a memory map: hand out writable arrays.
         return (image if image.flags.writeable else image.copy()), (mask if mask.flags.writeable else mask.copy())
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file and its label file (None for splits without public labels)."""
+
+    image: Path
+    label: Path | None
+
+
+class CompactFrames:
+    """``load`` and ``__getitem__`` on top of ``load_compact``, which may return read-only views.
+
+    ``load_compact`` returns the mask in the dataset's ``mask_dtype()`` and the transform
+    receives it as is: the frame cache hands over a view of its memory map, so augmentation
+    reads the full frame without a copy. What leaves ``load`` and ``__getitem__`` is always
+    writable.
+    """
+
+    def load_compact(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self.load_compact(index)
+        return (image if image.flags.writeable else image.copy()), (mask if mask.flags.writeable else mask.copy())
+
+    def load_for_transform(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.load_compact(index)
+
+
+class FilePairDataset(CompactFrames, SegmentationDataset):
+    """A dataset of (image file, label file) pairs.
+
+    Subclasses fill ``self.samples`` and implement ``decode_label(raw, path)`` (raw label
+    array -> train ids in ``mask_dtype()``, usually through a lookup table). ``read_raw_label(path)`` reads the raw
+    array (override for multi-channel labels).
+
+    Args:
+        resize: optional ``[height, width]``: every frame is resized to it when loaded (image
+            bilinear, label nearest), so a cache stores the resized frames. For protocols that
+            only resize (the paper's Synthia one) this is the cheapest place to do it.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, transform=None, resize: Sequence[int] | None = None):
+        super().__init__(transform)
+        self.root = Path(root).expanduser()
+        self.split = split
+        if resize is not None:
+            if len(resize) != 2 or min(int(v) for v in resize) <= 0:
+                raise ValueError(f"{type(self).__name__}: resize must be [height, width] with positive sizes, got {resize}")
+            resize = (int(resize[0]), int(resize[1]))
+        self.resize = resize
+        self.samples: list[Sample] = []
+
+    # -- to override --------------------------------------------------------------------------
+
+    def read_raw_label(self, path: Path) -> np.ndarray:
+        return read_label(path)
+
+    def decode_label(self, raw: np.ndarray, path: Path) -> np.ndarray:  # pragma: no cover - abstract
+        """Map the raw label array to train ids in ``mask_dtype()`` (ignore_index for ignored pixels)."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """Constructor options that change the loaded frames (part of the cache key)."""
+        return {}
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def describe(self, index: int) -> str:
+        sample = self.samples[index]
+        return str(sample.image) if sample.label is None else f"{sample.image} (label {sample.label})"
+
+    def load_compact(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image uint8 HxWx3 RGB, mask HxW in mask_dtype())`` of sample ``index``, checked and resized."""
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        height, width = image.shape[:2]
+        if sample.label is None:
+            size = self.resize or (height, width)
+            if self.resize is not None:
+                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            return image, np.full(size, self.ignore_index, dtype=self.mask_dtype())
+        raw = self.read_raw_label(sample.label)
+        if raw.shape[:2] != (height, width):
+            raise DatasetError(
+                f"image and label sizes differ: {sample.image} is {width}x{height} (WxH) but "
+                f"{sample.label} is {raw.shape[1]}x{raw.shape[0]}"
+            )
+        self.check_raw_label(raw, sample.label)
+        if self.resize is not None:
+            h, w = self.resize
+            if (h, w) != (height, width):
+                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+                raw = cv2.resize(raw, (w, h), interpolation=cv2.INTER_NEAREST)
+        return image, self.decode_label(raw, sample.label)
+
+    def check_raw_label(self, raw: np.ndarray, path: Path) -> None:
+        """Raise if ``raw`` holds unknown values (called on the full-size label, before any resize)."""
+
+    def frame_shape(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of sample ``index`` as ``load`` returns it, without decoding when possible."""
+        if self.resize is not None:
+            return self.resize
+        return image_size(self.samples[index].image)
+
+    def cache_signature(self) -> dict[str, Any]:
+        """Everything that determines the loaded frames: class, options and the files (with size and mtime)."""
+        files = [None if path is None else file_signature(path) for sample in self.samples for path in (sample.image, sample.label)]
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "split": self.split,
+            "resize": self.resize,
+            "ignore_index": self.ignore_index,
+            "options": self.options(),
+            "files": files,
+        }

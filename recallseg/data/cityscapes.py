@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from recallseg.data.io import DatasetError, FilePairDataset, Sample, check_label_values, layout_error, list_files, pair_files, lookup_table
+from recallseg.data.base import FilePairDataset, Sample
+from recallseg.data.labels import check_label_values, checked_ignore_index, lookup_table
+from recallseg.data.layout import layout_error, list_files, pair_files
+from recallseg.errors import DatasetError
 
 CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -62,11 +65,6 @@ LABEL_SUFFIXES = {"labelIds": "_gtFine_labelIds.png", "labelTrainIds": "_gtFine_
 LAYOUT = """\
   leftImg8bit/{train,val,test}/CITY/CITY_SEQ_FRAME_leftImg8bit.png
   gtFine/{train,val,test}/CITY/CITY_SEQ_FRAME_gtFine_labelIds.png        (or _gtFine_labelTrainIds.png)"""
-
-
-def label_id_lookup_table(ignore_index: int = 255) -> np.ndarray:
-    """The 256-entry int64 table ``train_id = table[label_id]`` (ignored ids map to ``ignore_index``)."""
-    return lookup_table(LABEL_ID_TO_TRAIN_ID, 256, ignore_index)
 
 
 def train_ids_to_label_ids(train_ids: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -109,10 +107,8 @@ class Cityscapes(FilePairDataset):
             raise ValueError(f"Cityscapes label_type must be auto, labelIds or labelTrainIds, got {label_type!r}")
         if class_set not in CLASS_SETS:
             raise ValueError(f"Cityscapes class_set must be one of {list(CLASS_SETS)}, got {class_set!r}")
-        if 0 <= ignore_index < len(CLASSES):
-            raise ValueError(f"Cityscapes ignore_index {ignore_index} collides with a train id (0..{len(CLASSES) - 1})")
+        self.ignore_index = checked_ignore_index("Cityscapes", ignore_index, len(CLASSES))
         self.label_type, self.class_set = label_type, class_set
-        self.ignore_index = int(ignore_index)
         train_ids = {i: i for i in range(len(CLASSES))}
         if class_set == "synthia16":
             self.classes = SYNTHIA16_CLASSES

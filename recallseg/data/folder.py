@@ -33,7 +33,11 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from recallseg.data.io import IMAGE_EXTENSIONS, DatasetError, FilePairDataset, Sample, check_label_values, layout_error, pair_files
+from recallseg.data.base import FilePairDataset, Sample
+from recallseg.data.files import IMAGE_EXTENSIONS
+from recallseg.data.labels import check_label_values, checked_ignore_index
+from recallseg.data.layout import layout_error, pair_files
+from recallseg.errors import DatasetError
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
 LAYOUT = """\
@@ -143,9 +147,7 @@ class FolderDataset(FilePairDataset):
             path = Path(classes_file).expanduser()
             self.classes, file_palette = read_classes_file(path if path.is_absolute() else self.root / path)
             self.palette = _check_palette(palette, len(self.classes), "FolderDataset palette") if palette is not None else file_palette
-        self.ignore_index = int(ignore_index)
-        if 0 <= self.ignore_index < len(self.classes):
-            raise ValueError(f"FolderDataset ignore_index {self.ignore_index} collides with a class id (0..{len(self.classes) - 1})")
+        self.ignore_index = checked_ignore_index("FolderDataset", ignore_index, len(self.classes))
         size = max(len(self.classes), self.ignore_index + 1)
         self.known = np.zeros(size, dtype=bool)
         self.known[: len(self.classes)] = True

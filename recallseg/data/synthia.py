@@ -4,35 +4,23 @@ Both keep labels in 16-bit, 3-channel PNGs whose first (R) channel is the class 
 second is the instance id. OpenCV decodes BGR, so the class is channel 2 of
 ``cv2.imread(path, cv2.IMREAD_UNCHANGED)``.
 
-Neither comes with a train/val/test split. Like the paper's code, recallseg draws a random
-70/10/20 split from a seed; the files are sorted by relative path first, so the split depends on
-the seed and the set of files only, never on the order the file system lists them in. Note
-that frames of one time step seen by different cameras land in different splits (as in the
-paper): the Synthia test score measures interpolation within the sequence.
-
-Two procedures (``split_procedure``):
-
-- ``recallseg`` (default): one numpy permutation (``default_rng(seed)``) of all sorted pairs,
-  cut-offs rounded (``round(0.7 n)``, ``round(0.1 n)``), the rest test;
-- ``authors``: the paper code's procedure, per sequence and stereo side/camera directory:
-  python's ``random.seed(seed)``, ``random.shuffle`` of that directory's files, cut-offs
-  truncated (``int(0.7 n)``, ``int(0.1 n)``), the rest test. Their code shuffles the list that
-  ``glob`` returns, whose order is whatever the file system lists (not reproducible across
-  machines); recallseg shuffles the names sorted, which is their split on a file system that
-  lists names in order.
+Neither comes with a train/val/test split: ``split`` is a seeded train/val/test partition, or
+``all`` for every frame; ``synthia_splits.py`` describes the two procedures (``split_procedure``).
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from recallseg.data.io import DatasetError, FilePairDataset, Sample, check_label_values, layout_error, list_files, lookup_table, pair_files, read_label
+from recallseg.data.base import FilePairDataset, Sample
+from recallseg.data.files import read_label
+from recallseg.data.labels import check_label_values, checked_ignore_index, lookup_table
+from recallseg.data.layout import layout_error, list_files, pair_files
+from recallseg.data.synthia_splits import SPLIT_PROCEDURES, split_positions
 
-SPLITS = ("train", "val", "test", "all")
 LABEL_CHANNEL = 2  # R in OpenCV's BGR order
 
 SEQS_CLASSES = (
@@ -68,45 +56,6 @@ RAND_LAYOUT = """\
   GT/LABELS/0000000.png"""
 
 
-def split_indices(num_items: int, split: str, seed: int, fractions: Sequence[float]) -> np.ndarray:
-    """Indices of ``split`` in a seeded random train/val/test partition of ``num_items`` sorted items."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1 (train, val, test), got {list(fractions)}")
-    if split == "all":
-        return np.arange(num_items)
-    order = np.random.default_rng(seed).permutation(num_items)
-    n_train = int(round(fractions[0] * num_items))
-    n_val = int(round(fractions[1] * num_items))
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, num_items)}[split]
-    return np.sort(order[bounds[0] : bounds[1]])
-
-
-SPLIT_PROCEDURES = ("recallseg", "authors")
-
-
-def authors_split(names: Sequence[str], split: str, seed: int, fractions: Sequence[float]) -> list[str]:
-    """The paper code's split of one directory's file ``names``: ``random.seed(seed)``, shuffle, ``int()`` cut-offs.
-
-    ``names`` are sorted first (see the module docstring). The global ``random`` state is left as it was.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    names = sorted(names)
-    if split == "all":
-        return names
-    state = random.getstate()
-    try:
-        random.seed(seed)
-        random.shuffle(names)
-    finally:
-        random.setstate(state)
-    n_train, n_val = int(fractions[0] * len(names)), int(fractions[1] * len(names))
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, len(names))}[split]
-    return names[bounds[0] : bounds[1]]
-
-
 def _names(values: Sequence[str] | str | None, prefix: str, allowed: Sequence[str], what: str) -> list[str]:
     """Normalise ``["Left", "Stereo_Right"]`` style names to the on-disk ones."""
     if values is None:
@@ -125,19 +74,17 @@ def _names(values: Sequence[str] | str | None, prefix: str, allowed: Sequence[st
 class _SynthiaBase(FilePairDataset):
     def __init__(self, root, split, transform, resize, seed, split_fractions, ignore_index):
         super().__init__(root, split, transform=transform, resize=resize)
-        if 0 <= ignore_index < len(self.classes):
-            raise ValueError(f"{type(self).__name__} ignore_index {ignore_index} collides with a class id (0..{len(self.classes) - 1})")
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = checked_ignore_index(type(self).__name__, ignore_index, len(self.classes))
         self.seed = int(seed)
         self.split_fractions = tuple(float(f) for f in split_fractions)
 
     def read_raw_label(self, path: Path) -> np.ndarray:
         return read_label(path, channel=LABEL_CHANNEL)
 
-    def _select(self, pairs: list[tuple[str, Path, Path]]) -> list[Sample]:
-        pairs = sorted(pairs, key=lambda item: item[0])  # by relative path: independent of listing order
-        keep = split_indices(len(pairs), self.split, self.seed, self.split_fractions)
-        return [Sample(pairs[i][1], pairs[i][2]) for i in keep]
+    def _select(self, pairs: list[tuple[str, Path, Path]], procedure: str = "recallseg") -> list[Sample]:
+        """The samples of ``self.split`` among ``(relative path, image, label)`` pairs."""
+        positions = split_positions([key for key, _, _ in pairs], self.split, self.seed, self.split_fractions, procedure)
+        return [Sample(pairs[i][1], pairs[i][2]) for i in positions]
 
 
 class Synthia(_SynthiaBase):
@@ -155,7 +102,7 @@ class Synthia(_SynthiaBase):
         split_fractions: train/val/test fractions.
         split_procedure: ``recallseg`` (one permutation of all frames, rounded cut-offs) or
             ``authors`` (the paper code's: per side/camera directory, ``random.seed`` + shuffle,
-            truncated cut-offs); see the module docstring.
+            truncated cut-offs); see ``synthia_splits``.
         ignore_index: the value of ignored pixels (255).
         resize: optional ``[height, width]`` applied when loading (the paper: ``[384, 768]``).
         transform: optional albumentations-style transform.
@@ -196,25 +143,7 @@ class Synthia(_SynthiaBase):
         if not self.void_as_class:
             mapping[0] = self.ignore_index
         self.lookup = lookup_table(mapping, len(SEQS_CLASSES), self.ignore_index, self.mask_dtype())
-        pairs = self._find_pairs()
-        if self.split_procedure == "authors":
-            self.samples = self._select_per_directory(pairs)
-        else:
-            self.samples = self._select(pairs)
-
-    def _select_per_directory(self, pairs: list[tuple[str, Path, Path]]) -> list[Sample]:
-        """The paper code's split: each sequence/side/camera directory split on its own."""
-        if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or abs(sum(self.split_fractions) - 1) > 1e-6:
-            raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(self.split_fractions)}")
-        directories: dict[str, dict[str, tuple[Path, Path]]] = {}
-        for key, image, label in pairs:
-            directory, name = key.rsplit("/", 1)
-            directories.setdefault(directory, {})[name] = (image, label)
-        samples = []
-        for directory, files in directories.items():
-            for name in authors_split(list(files), self.split, self.seed, self.split_fractions):
-                samples.append(Sample(*files[name]))
-        return samples
+        self.samples = self._select(self._find_pairs(), self.split_procedure)
 
     def options(self) -> dict[str, Any]:
         return {
@@ -317,4 +246,4 @@ class SynthiaRandCityscapes(_SynthiaBase):
         return self.lookup[raw]
 
 
-__all__ = ["Synthia", "SynthiaRandCityscapes", "authors_split", "split_indices", "DatasetError"]
+__all__ = ["Synthia", "SynthiaRandCityscapes"]

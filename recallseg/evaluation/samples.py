@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from recallseg.data.base import SegmentationDataset
 from recallseg.pipeline.cache import CachedDataset
-from recallseg.data.io import png_size, read_image
+from recallseg.data.files import image_size
 from recallseg.pipeline.loaders import worker_context, worker_init
 from recallseg.data.masks import to_mask_dtype
 
@@ -49,8 +49,7 @@ def full_resolution_mask(dataset: SegmentationDataset, index: int, loaded_mask: 
         return loaded_mask
     sample = base.samples[index]
     if sample.label is None:
-        size = png_size(sample.image) or read_image(sample.image).shape[:2]
-        return np.full(size, base.ignore_index, dtype=base.mask_dtype())
+        return np.full(image_size(sample.image), base.ignore_index, dtype=base.mask_dtype())
     raw = base.read_raw_label(sample.label)
     base.check_raw_label(raw, sample.label)
     return base.decode_label(raw, sample.label)

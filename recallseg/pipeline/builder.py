@@ -21,14 +21,14 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from recallseg.config.construct import build
+from recallseg.config.schema import DATASET_RESERVED
 from recallseg.errors import ConfigError
 from recallseg.data.base import SegmentationDataset
 from recallseg.pipeline.cache import CachedDataset
 from recallseg.pipeline.transforms import build_transform
 
-RESERVED_KEYS = (
-    "_target_", "train_transform", "val_transform", "split", "train_split", "val_split", "stats_file", "cache", "cache_dir", "size_divisor",
-)
+# The class and the keys the builder consumes; the rest are constructor arguments.
+RESERVED_KEYS = ("_target_", *DATASET_RESERVED)
 
 
 def dataset_options(cfg: Mapping[str, Any]) -> dict[str, Any]:

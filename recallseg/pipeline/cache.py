@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from recallseg.data.base import SegmentationDataset
-from recallseg.data.io import CompactFrames
+from recallseg.data.base import CompactFrames, SegmentationDataset
 from recallseg.data.masks import to_mask_dtype
 
 DEFAULT_CACHE_DIR = ".cache/recallseg"

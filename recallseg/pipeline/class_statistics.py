@@ -31,13 +31,17 @@ from tqdm import tqdm
 
 from recallseg.atomic_files import atomic_write
 from recallseg.errors import ConfigError
+from recallseg.config.schema import DATASET_RESERVED
 from recallseg.data.base import SegmentationDataset
+from recallseg.data.files import file_signature
 from recallseg.pipeline.loaders import worker_context
 
 log = logging.getLogger(__name__)
 
-# Dataset keys that do not change the labels of a split, left out of the statistics' identity.
-UNRELATED_KEYS = ("train_transform", "val_transform", "split", "val_split", "cache", "cache_dir", "size_divisor", "stats_file")
+# Dataset keys that do not change the labels of a split, left out of the statistics' identity:
+# the builder's own keys. train_split stays in, so statistics cached and files written so far
+# keep their key and still match their config.
+UNRELATED_KEYS = tuple(key for key in DATASET_RESERVED if key != "train_split")
 
 
 @dataclass(frozen=True)
@@ -121,15 +125,7 @@ def label_files_signature(dataset: SegmentationDataset) -> list | None:
     samples = getattr(source, "samples", None)
     if samples is None:
         return None
-    files = []
-    for sample in samples:
-        label = getattr(sample, "label", None)
-        if label is None:
-            files.append(None)
-            continue
-        stat = Path(label).stat()
-        files.append([str(Path(label).resolve()), stat.st_size, stat.st_mtime_ns])
-    return files
+    return [None if getattr(sample, "label", None) is None else file_signature(sample.label) for sample in samples]
 
 
 def statistics_key(dataset_cfg: Mapping[str, Any], split: str, label_files: list | None = None) -> str:
