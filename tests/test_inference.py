@@ -103,15 +103,24 @@ def test_multi_scale_returns_logits_at_the_input_size(mode):
     assert (out - whole_logits(model, x)).abs().mean() < 0.5
 
 
-def test_settings_reject_nonsense():
-    with pytest.raises(ValueError, match="inference.mode"):
-        InferenceSettings(mode="tiles")
-    with pytest.raises(ValueError, match="gaps"):
-        InferenceSettings(crop_size=(32, 32), stride=(48, 16))
-    with pytest.raises(ValueError, match="scales"):
-        InferenceSettings(scales=[])
-    with pytest.raises(ValueError, match="unknown inference option"):
+def test_settings_reject_nonsense_with_the_config_schemas_messages():
+    """The settings are checked by the schema's rules: the same message as a bad eval.yaml value."""
+    from recallseg.errors import ConfigError
+
+    cases = [
+        (dict(mode="tiles"), "inference.mode: got 'tiles'; it must be one of whole, slide"),
+        (dict(crop_size=(32, 32), stride=(48, 16)), "inference.stride: [48, 16] is larger than inference.crop_size [32, 32]: windows would leave gaps"),
+        (dict(scales=[]), "inference.scales: is empty"),
+        (dict(crop_size=(0, 8)), "inference.crop_size[0]: got 0"),
+        (dict(window_batch=0), "inference.window_batch: got 0"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ConfigError) as info:
+            InferenceSettings(**options)
+        assert str(info.value).startswith(message), str(info.value)
+    with pytest.raises(ConfigError, match=r"^inference.crop: is not a known option; did you mean inference.crop_size\?$"):
         InferenceSettings.from_config({"mode": "slide", "crop": 3})
+    assert InferenceSettings(crop_size=64, stride=32).crop_size == (64, 64)  # one number: a square
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INFERENCE_MODES = ("whole", "slide")
+from recallseg.config.schema import INFERENCE, check_value
+from recallseg.errors import ConfigError, nearest
+
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -122,33 +124,29 @@ class InferenceSettings:
     size_multiple: int = 32
 
     def __post_init__(self) -> None:
-        if self.mode not in INFERENCE_MODES:
-            raise ValueError(f"inference.mode must be one of {list(INFERENCE_MODES)}, got {self.mode!r}")
-        self.crop_size = _pair(self.crop_size, "inference.crop_size")
-        self.stride = _pair(self.stride, "inference.stride")
+        # Sizes may be given as one number; every value is then checked by the config schema's rule.
+        self.crop_size = _pair(self.crop_size)
+        self.stride = _pair(self.stride)
+        self.scales = tuple(self.scales) if isinstance(self.scales, (list, tuple)) else (self.scales,)
+        for name, option in INFERENCE.items():
+            value = getattr(self, name)
+            check_value(f"inference.{name}", list(value) if isinstance(value, tuple) else value, option)
         if any(s > c for s, c in zip(self.stride, self.crop_size)):
-            raise ValueError(
-                f"inference.stride {list(self.stride)} is larger than inference.crop_size {list(self.crop_size)}: "
-                "windows would leave gaps; use a stride of at most the crop size (e.g. 2/3 of it)"
+            raise ConfigError(
+                "inference.stride", f"{list(self.stride)} is larger than inference.crop_size {list(self.crop_size)}: windows would leave gaps",
+                "use a stride of at most the crop size (e.g. 2/3 of it)",
             )
-        if int(self.window_batch) < 1:
-            raise ValueError(f"inference.window_batch must be at least 1, got {self.window_batch}")
-        self.window_batch = int(self.window_batch)
-        scales = [self.scales] if isinstance(self.scales, (int, float)) else list(self.scales or [])
-        if not scales or any(float(s) <= 0 for s in scales):
-            raise ValueError(f"inference.scales must be a non-empty list of positive factors, e.g. [0.75, 1.0, 1.25]; got {self.scales}")
-        self.scales = tuple(float(s) for s in scales)
-        self.flip = bool(self.flip)
-        self.size_multiple = int(self.size_multiple)
+        self.crop_size, self.stride = tuple(self.crop_size), tuple(self.stride)
+        self.scales = tuple(float(s) for s in self.scales)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "InferenceSettings":
         """From the ``inference`` config section (missing keys take the defaults; unknown keys are an error)."""
         cfg = dict(cfg or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown inference option(s) {unknown}; known: {sorted(known)}")
+        for key in cfg:
+            if key not in INFERENCE:
+                hint = nearest(key, list(INFERENCE))
+                raise ConfigError(f"inference.{key}", "is not a known option", f"did you mean inference.{hint}?" if hint else f"known: {', '.join(INFERENCE)}")
         return cls(**cfg)
 
     def as_dict(self) -> dict[str, Any]:
@@ -157,11 +155,9 @@ class InferenceSettings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    values = [value, value] if isinstance(value, (int, float)) else list(value)
-    if len(values) != 2 or any(int(v) <= 0 for v in values):
-        raise ValueError(f"{name} must be [height, width] with positive sizes, got {value}")
-    return int(values[0]), int(values[1])
+def _pair(value: Any) -> Any:
+    """``[v, v]`` for one number; anything else as given (the schema checks it)."""
+    return [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 class Inference:

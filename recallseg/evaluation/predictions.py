@@ -28,9 +28,10 @@ import torch
 
 from recallseg.data.cityscapes import CLASSES as CITYSCAPES_CLASSES
 from recallseg.data.cityscapes import train_ids_to_label_ids
+from recallseg.config.schema import PREDICTIONS, check_value
 from recallseg.evaluation.pictures import colorize, overlay, palette_array
 
-PREDICTION_FORMATS = ("index", "color", "overlay", "cityscapes")
+PREDICTION_FORMATS = PREDICTIONS["format"].choices
 
 
 class PredictionWriter:
@@ -54,8 +55,7 @@ class PredictionWriter:
         palette: Sequence[Sequence[int]] | None = None,
         alpha: float = 0.5,
     ):
-        if format not in PREDICTION_FORMATS:
-            raise ValueError(f"predictions.format must be one of {list(PREDICTION_FORMATS)}, got {format!r}")
+        check_value("predictions.format", format, PREDICTIONS["format"])
         if format == "cityscapes" and tuple(classes) != CITYSCAPES_CLASSES:
             raise ValueError(
                 f"predictions.format=cityscapes writes Cityscapes label ids and needs a model of the 19 Cityscapes classes; "

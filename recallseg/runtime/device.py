@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+from recallseg.config.schema import TRAINER, check_value
+from recallseg.errors import ConfigError
+
 
 
 @dataclass
@@ -42,27 +44,25 @@ class Runtime:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    check_value("trainer.device", name, TRAINER["device"])
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu")
+            raise ConfigError("trainer.device", "is cuda but CUDA is not available", "use trainer.device=auto or cpu")
         return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"trainer.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     """auto: bf16 on CUDA when supported, else fp16; off on CPU (CPU autocast is slower for convs)."""
-    if mode not in AMP_MODES:
-        raise ValueError(f"trainer.amp must be one of {AMP_MODES}, got {mode!r}")
+    check_value("trainer.amp", mode, TRAINER["amp"])
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if mode == "fp16" and device.type != "cuda":
-        raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or off on CPU")
+        raise ConfigError("trainer.amp", "fp16 needs CUDA", "use bf16 or off on CPU")
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
