@@ -1,5 +1,6 @@
 """The loss registry: names from configs/loss, losses registered from Python, losses of another package."""
 
+import inspect
 import sys
 import textwrap
 
@@ -7,9 +8,11 @@ import pytest
 import torch
 
 from conftest import TINY_OVERRIDES, run_entry_point
+from recallseg.config.schema import Option
 from recallseg.errors import ConfigError
-from recallseg.losses import LossContext, available_losses, build_loss, register_loss
+from recallseg.losses import LOSSES, LossContext, SegmentationLoss, available_losses, build_loss, loss_config, register_loss
 from recallseg.losses.recall import RecallLoss
+from recallseg.losses.registry import SUPPLIED, loss_class
 
 
 def test_available_losses_are_the_config_files_and_build_by_name():
@@ -24,6 +27,40 @@ def test_unknown_name_and_option_are_config_errors():
         build_loss("recal", LossContext(4))
     with pytest.raises(ConfigError, match="did you mean loss.statistics"):
         build_loss("recall", LossContext(4), statistic="batch")
+
+
+@pytest.mark.parametrize("name", sorted(set(available_losses()) - {"half_ce_for_test", "declared_for_test"}))
+def test_every_loss_declares_its_options_once_and_its_yaml_sets_only_those(name):
+    """The declaration is the only list of a loss's options: it names each keyword argument of a
+    constructor that a config reaches (from_config not overridden), and every key of its YAML."""
+    cls = loss_class(loss_config(name))
+    assert cls.options is not None and all(isinstance(spec, Option) for spec in cls.options.values())
+    assert set(loss_config(name)) - {"_target_"} <= set(cls.options)
+    if cls.from_config.__func__ is SegmentationLoss.from_config.__func__:
+        parameters = set(inspect.signature(cls.__init__).parameters) - {"self"} - SUPPLIED
+        assert set(cls.options) == parameters
+
+
+def test_a_loss_with_its_own_from_config_is_checked_like_any_other():
+    """No way around the declaration: a custom from_config gets only declared, valid options."""
+
+    @register_loss("declared_for_test")
+    class Declared(SegmentationLoss):
+        options = {"scale": Option(float, minimum=0)}
+
+        @classmethod
+        def from_config(cls, options, context):
+            raise AssertionError("built from an unchecked section")
+
+    try:
+        with pytest.raises(ConfigError) as info:
+            build_loss("declared_for_test", LossContext(3), scale=-1.0)
+        assert str(info.value) == "loss.scale: got -1.0; it must be a number >= 0; set e.g. loss.scale=1"
+        with pytest.raises(ConfigError) as info:
+            build_loss("declared_for_test", LossContext(3), scal=1.0)
+        assert str(info.value) == f"loss.scal: {Declared.__module__}.{Declared.__qualname__} takes no option 'scal'; did you mean loss.scale?"
+    finally:
+        LOSSES.pop("declared_for_test", None)
 
 
 def test_a_loss_registered_from_python_builds_by_name_and_cannot_take_a_taken_name():
@@ -42,6 +79,10 @@ def test_a_loss_registered_from_python_builds_by_name_and_cannot_take_a_taken_na
     assert torch.allclose(loss(logits, target), 0.25 * torch.nn.functional.cross_entropy(logits, target))
     with pytest.raises(ValueError, match="already exists"):
         register_loss("recall")(HalfCE)
+    # Declaring no options, it takes its constructor's keyword arguments, and only those.
+    with pytest.raises(ConfigError) as info:
+        build_loss("half_ce_for_test", LossContext(3), factr=0.25)
+    assert info.value.key == "loss.factr" and str(info.value).endswith("did you mean loss.factor?")
 
 
 @pytest.mark.slow

@@ -588,34 +588,115 @@ def test_build_loss_rejects_unknown_names_naming_the_nearest():
 @pytest.mark.parametrize("name", ["ce", "recall", "focal", "lovasz", "ohem", "class_balanced", "combined"])
 def test_build_loss_rejects_unknown_options_naming_them(name):
     options = {"terms": [{"name": "ce"}]} if name == "combined" else {}
-    with pytest.raises(ConfigError, match="gama"):
+    with pytest.raises(ConfigError, match="gama") as info:
         make(name, gama=2.0, **options)
+    assert info.value.key == "loss.gama" and info.value.problem.endswith("takes no option 'gama'")
 
 
 def test_build_loss_rejects_unknown_weighted_ce_option():
-    with pytest.raises(ConfigError, match="gama"):
+    with pytest.raises(ConfigError, match="gama") as info:
         make("weighted_ce", weights=[1.0] * C, gama=2.0)
+    assert info.value.key == "loss.gama" and info.value.problem.endswith("takes no option 'gama'")
 
 
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        ({"name": "recall", "statistics": "running"}, "statistics"),
-        ({"name": "recall", "kernel": "cuda"}, "kernel"),
-        ({"name": "ce", "kernel": "fast"}, "kernel"),
-        ({"name": "ce", "kernel": "triton", "label_smoothing": 0.1}, "label smoothing|triton package"),
-        ({"name": "focal", "gamma": -1.0}, "gamma"),
-        ({"name": "focal", "alpha": [1.0, 2.0]}, "alpha"),
-        ({"name": "lovasz", "classes": "some"}, "classes"),
-        ({"name": "ohem", "thresh": 0.0}, "thresh"),
-        ({"name": "ohem", "min_kept": -1}, "min_kept"),
-        ({"name": "combined", "terms": []}, "terms"),
-        ({"name": "combined", "terms": [{"weight": 1.0}]}, "name"),
+        ({"name": "recall", "statistics": "running"}, "loss.statistics: got 'running'; it must be one of batch, ema; set loss.statistics=batch"),
+        ({"name": "recall", "kernel": "cuda"}, "loss.kernel: got 'cuda'; it must be one of torch, triton, auto; set loss.kernel=torch"),
+        ({"name": "recall", "soft": "yes"}, "loss.soft: got 'yes'; it must be true/false; set e.g. loss.soft=true"),
+        ({"name": "ce", "kernel": "fast"}, "loss.kernel: got 'fast'; it must be one of torch, triton, auto; did you mean loss.kernel=auto?"),
+        (
+            {"name": "ce", "kernel": "triton", "label_smoothing": 0.1},
+            "loss.label_smoothing: got 0.1, but loss.kernel=triton does not implement label smoothing; "
+            "set loss.label_smoothing=0, or loss.kernel=torch or auto",
+        ),
+        ({"name": "ce", "label_smoothing": 1.5}, "loss.label_smoothing: got 1.5; it must be a number in [0, 1]; set e.g. loss.label_smoothing=1"),
+        ({"name": "focal", "gamma": -1.0}, "loss.gamma: got -1.0; it must be a number >= 0; set e.g. loss.gamma=1"),
+        ({"name": "focal", "alpha": [1.0, 2.0]}, "loss.alpha: got 2 values [1.0, 2.0]; it must be a list of 4 floats >= 0, or null; give 4 values"),
+        ({"name": "focal", "alpha": [1.0, -2.0, 1.0, 1.0]}, "loss.alpha[1]: got -2.0; it must be a list of 4 floats >= 0, or null; fix that entry"),
+        ({"name": "lovasz", "classes": "some"}, "loss.classes: got 'some'; it must be one of present, all; set loss.classes=present"),
+        ({"name": "soft_iou", "per_image": None}, "loss.per_image: is null; it must be true/false; set loss.per_image=<value>"),
+        ({"name": "ohem", "thresh": 0.0}, "loss.thresh: got 0.0; it must be a number in (0, 1]; set e.g. loss.thresh=1"),
+        ({"name": "ohem", "min_kept": -1}, "loss.min_kept: got -1; it must be a number >= 0; set e.g. loss.min_kept=1"),
+        ({"name": "ohem", "min_kept": 2.5}, "loss.min_kept: got 2.5; it must be a whole number; set e.g. loss.min_kept=2"),
+        ({"name": "combined", "terms": []}, "loss.terms: is empty; it must be a list of sections; give at least one value"),
+        (
+            {"name": "combined", "terms": [{"weight": 1.0}]},
+            "loss.terms: entry 0, {'weight': 1.0}, names no loss; give each term name: <loss> and optionally weight: <number>",
+        ),
+        (
+            {"name": "combined", "terms": [{"name": "ce", "weight": "half"}]},
+            "loss.terms: entry 0 has weight 'half', not a number; give each term a number as weight (1.0 by default)",
+        ),
+        (
+            {"_target_": "recallseg.losses.combined.CombinedLoss"},
+            "loss.terms: is missing; recallseg.losses.combined.CombinedLoss has no default for it; add loss.terms=<value>",
+        ),
+        ({"name": "class_balanced", "beta": 1.0}, "loss.beta: got 1.0; it must be a number in [0, 1), or auto; set e.g. loss.beta=auto"),
+        ({"name": "class_balanced", "beta": "aut"}, "loss.beta: got 'aut'; it must be a number in [0, 1), or auto; set e.g. loss.beta=auto"),
+        (
+            {"name": "weighted_ce", "mode": "median_freq"},
+            "loss.mode: got 'median_freq'; it must be one of inverse, median_count, median_frequency, effective_number, median; "
+            "did you mean loss.mode=median_frequency?",
+        ),
+        ({"name": "weighted_ce", "weights": [1.0, 2.0]}, "loss.weights: got 2 values [1.0, 2.0]; it must be a list of 4 floats >= 0, or null; give 4 values"),
+        ({"name": "weighted_ce", "normalize": "mean"}, "loss.normalize: got 'mean'; it must be one of weights, pixels; set loss.normalize=weights"),
+        (
+            {"name": "combined", "terms": [{"name": "recall", "momentum": 1.0}]},
+            "loss.terms[0].momentum: got 1.0; it must be a number in [0, 1); set e.g. loss.terms[0].momentum=0.5",
+        ),
     ],
 )
 def test_invalid_option_values_are_explained(cfg, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError) as info:
         build_loss(cfg, context())
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("momentum", [1, 1.0, 1.5, -0.1, math.inf])
+def test_recall_momentum_outside_zero_to_one_is_refused(momentum):
+    """At 1 the EMA would keep the first batch's counts for ever; the range is [0, 1)."""
+    with pytest.raises(ConfigError) as info:
+        make("recall", statistics="ema", momentum=momentum)
+    assert info.value.key == "loss.momentum" and info.value.problem.endswith("it must be a number in [0, 1)")
+
+
+@pytest.mark.parametrize("momentum", [0, 0.0, 0.5, 0.999])
+def test_recall_momentum_inside_zero_to_one_is_taken(momentum):
+    assert make("recall", statistics="ema", momentum=momentum).momentum == momentum
+
+
+def test_the_triton_kernel_without_triton_is_refused_when_built(monkeypatch):
+    import recallseg.losses.fused.statistics as statistics
+
+    monkeypatch.setattr(statistics, "triton_available", lambda: False)
+    for name in ("ce", "weighted_ce", "class_balanced", "recall"):
+        options = {"weights": [1.0] * C} if name == "weighted_ce" else {}
+        with pytest.raises(ConfigError) as info:
+            make(name, kernel="triton", **options)
+        assert str(info.value) == "loss.kernel: triton needs the triton package, which is not installed; pip install triton, or set loss.kernel=torch"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1.0 2.0", "loss.weights_file: got 2 values [1.0, 2.0]; it must be a list of 4 floats >= 0; give 4 values"),
+    ("1 -1 1 1", "loss.weights_file[1]: got -1.0; it must be a list of 4 floats >= 0; fix that entry"),
+])
+def test_a_weights_file_is_held_to_what_loss_weights_may_be(tmp_path, text, message):
+    path = tmp_path / "weights.txt"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        make("weighted_ce", weights_file=str(path))
+    assert str(info.value) == message
+
+
+def test_valid_values_of_every_kind_build():
+    """Integers where numbers go, a count written as a float, the old mode name, beta as a number."""
+    assert make("ohem", thresh=1, min_kept=1e5).min_kept == 100000
+    assert make("focal", gamma=0, alpha=[1, 0, 2, 1]).alpha.tolist() == [1.0, 0.0, 2.0, 1.0]
+    assert make("weighted_ce", mode="median").weights.shape == (C,)
+    assert make("class_balanced", beta=0).weights.shape == (C,)
+    assert make("ce", kernel="auto", label_smoothing=0.1).label_smoothing == 0.1
 
 
 def test_class_balanced_needs_training_statistics():

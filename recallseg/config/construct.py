@@ -11,8 +11,8 @@ parameters to optimise). ``build`` is ``hydra.utils.instantiate`` with two addit
   line for this run, which makes it theirs. Hydra's other keys (``_partial_``, ``_args_``, ...)
   are refused, and the checked tree is called as it is (``call_tree``): never resolved by
   OmegaConf, so what was checked is what the constructors get.
-- mistakes (an unknown target, an option the target does not take) become one-line
-  ``ConfigError``s naming the key.
+- mistakes (an unknown target, an option the target does not take, a value the ``Option`` a
+  class declares for it refuses) become one-line ``ConfigError``s naming the key.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
 
 # What a stored config may name, by package; each must also be of the kind the section builds.
@@ -166,10 +167,17 @@ def accepted_options(obj: Any) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
-def check_options(obj: Any, options: Mapping[str, Any], key: str, target: str, supplied: set[str] = frozenset()) -> None:
-    """Refuse options the target does not take (and those the program supplies itself)."""
-    names, takes_any = accepted_options(obj)
-    for option in options:
+def check_options(
+    obj: Any, options: Mapping[str, Any], key: str, target: str, supplied: set[str] = frozenset(),
+    specs: Mapping[str, Option] | None = None,
+) -> None:
+    """Refuse options the target does not take (and those the program supplies itself).
+
+    ``specs`` (name -> ``Option``), where the target declares them, are the options it takes and
+    what each value may be; without them the names come from its signature and any value goes.
+    """
+    names, takes_any = (set(specs), False) if specs is not None else accepted_options(obj)
+    for option, value in options.items():
         if option.startswith("_") and option.endswith("_"):
             continue
         if option in supplied:
@@ -180,6 +188,11 @@ def check_options(obj: Any, options: Mapping[str, Any], key: str, target: str, s
                 f"{key}.{option}", f"{target} takes no option {option!r}",
                 f"did you mean {key}.{hint}?" if hint else f"its options are: {', '.join(sorted(names - set(supplied))) or 'none'}",
             )
+        if specs is not None:
+            check_value(f"{key}.{option}", value, specs[option], options)
+    missing = [name for name, spec in (specs or {}).items() if spec.required and name not in options]
+    if missing:
+        raise ConfigError(f"{key}.{missing[0]}", f"is missing; {target} has no default for it", f"add {key}.{missing[0]}=<value>")
 
 
 def build(

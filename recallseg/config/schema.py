@@ -4,24 +4,37 @@ Defaults live in the YAML files (with a comment per key); this module only says 
 may be: its type, range or allowed values. ``validate_*`` refuse unknown keys (including those
 added with ``+``), naming the nearest known key, and wrong types or values, as one-line
 ``ConfigError``s. Sections that name a class (``dataset``, ``model``, ``loss``, ``optimizer``,
-``scheduler``) take the options of that class; ``recallseg.config.construct`` checks those against its
-signature when it is built.
+``scheduler``) take the options of that class; ``recallseg.config.construct`` checks those when it
+is built: against the class's own ``Option``s where it declares them (every loss), else against
+its signature.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from recallseg.errors import ConfigError, nearest
 
 
+# What a rule says about a value it refuses: the problem and the fix.
+Refusal = tuple[str, str]
+
+
 @dataclass(frozen=True)
 class Option:
-    """One key: ``kind`` (bool, int, float, str, list), allowed ``choices``, bounds, ``null`` allowed."""
+    """One key: ``kind`` (bool, int, float, str, list), allowed ``choices``, bounds, ``null`` allowed.
+
+    Bounds hold for a number, or for each number of a list: ``minimum``/``maximum`` inclusive,
+    ``above``/``below`` exclusive. ``also``: values allowed besides the kind (``"auto"``).
+    A fixed section must give every key but a ``null`` one; the options of a class have its
+    defaults, so a section must give only a ``required`` one.
+    ``rule(key, value, section)`` says what the fields cannot (a relation to the section's other
+    keys, what this machine has installed), as a ``(problem, fix)`` refusal or None.
+    """
 
     kind: type | tuple[type, ...]
     choices: Sequence[Any] = ()
@@ -31,6 +44,12 @@ class Option:
     length: int | None = None  # lists: exact length
     item: type | None = None  # lists: type of the items
     positive_items: bool = False
+    above: float | None = None
+    below: float | None = None
+    also: Sequence[Any] = ()
+    per_class: bool = False  # lists: one entry per class (the length is known when the section is built)
+    required: bool = False
+    rule: Callable[[str, Any, Mapping[str, Any]], Refusal | None] | None = None
 
 
 def positive_int(null: bool = False) -> Option:
@@ -118,11 +137,16 @@ def describe(option: Option) -> str:
     if option.length:
         text += f" of {option.length} {'positive ' if option.positive_items else ''}{option.item.__name__}s"
     elif option.item:
-        text += f" of {'positive ' if option.positive_items else ''}numbers"
-    if option.minimum is not None and option.maximum is not None:
-        text += f" in [{option.minimum:g}, {option.maximum:g}]"
-    elif option.minimum is not None:
-        text += " >= 0" if option.minimum == 0 else f" >= {option.minimum:g}"
+        text += f" of {'positive ' if option.positive_items else ''}{'sections' if option.item is dict else 'numbers'}"
+    low = (f"[{option.minimum:g}", f">= {option.minimum:g}") if option.minimum is not None else None
+    low = (f"({option.above:g}", f"> {option.above:g}") if option.above is not None else low
+    high = (f"{option.maximum:g}]", f"<= {option.maximum:g}") if option.maximum is not None else None
+    high = (f"{option.below:g})", f"< {option.below:g}") if option.below is not None else high
+    if low and high:
+        text += f" in {low[0]}, {high[0]}"
+    elif low or high:
+        text += f" {(low or high)[1]}"
+    text += "".join(f", or {value}" for value in option.also)
     return text + (", or null" if option.null else "")
 
 
@@ -133,26 +157,36 @@ def _is(value: Any, kind: type) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is list:  # a tuple given from Python is a list to YAML
+        return isinstance(value, (list, tuple))
     return isinstance(value, kind)
 
 
-def check_value(key: str, value: Any, option: Option) -> None:
-    """Raise a ConfigError unless ``value`` fits ``option``."""
+def _within(value: float, option: Option) -> bool:
+    return not (
+        (option.minimum is not None and value < option.minimum) or (option.maximum is not None and value > option.maximum)
+        or (option.above is not None and value <= option.above) or (option.below is not None and value >= option.below)
+    )
+
+
+def check_value(key: str, value: Any, option: Option, section: Mapping[str, Any] = {}) -> None:
+    """Raise a ConfigError unless ``value`` fits ``option`` (``section``: the keys beside it, for its rule)."""
     wanted = f"it must be {describe(option)}"
     if value is None:
         if option.null:
             return
         raise ConfigError(key, f"is null; {wanted}", f"set {key}=<value>")
+    if any(value == word and type(value) is type(word) for word in option.also):
+        return
     kinds = option.kind if isinstance(option.kind, tuple) else (option.kind,)
     if not any(_is(value, kind) for kind in kinds):
         raise ConfigError(key, f"got {value!r}; {wanted}", f"set e.g. {key}={_example(option)}")
     if option.choices and value not in option.choices:
         hint = nearest(str(value), [str(c) for c in option.choices])
         raise ConfigError(key, f"got {value!r}; {wanted}", f"did you mean {key}={hint}?" if hint else f"set {key}={_example(option)}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (option.minimum is not None and value < option.minimum) or (option.maximum is not None and value > option.maximum):
-            raise ConfigError(key, f"got {value!r}; {wanted}", f"set e.g. {key}={_example(option)}")
-    if isinstance(value, list):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _within(value, option):
+        raise ConfigError(key, f"got {value!r}; {wanted}", f"set e.g. {key}={_example(option)}")
+    if isinstance(value, (list, tuple)):
         if option.length is not None and len(value) != option.length:
             raise ConfigError(key, f"got {len(value)} values {value!r}; {wanted}", f"give {option.length} values")
         if option.item is not None and not value and option.length is None:
@@ -160,8 +194,11 @@ def check_value(key: str, value: Any, option: Option) -> None:
         for index, item in enumerate(value):
             if option.item is not None and not _is(item, option.item):
                 raise ConfigError(f"{key}[{index}]", f"got {item!r}; {wanted}", "fix that entry")
-            if option.positive_items and item <= 0:
+            if option.item in (int, float) and ((option.positive_items and item <= 0) or not _within(item, option)):
                 raise ConfigError(f"{key}[{index}]", f"got {item!r}; {wanted}", "fix that entry")
+    refusal = option.rule(key, value, section) if option.rule else None
+    if refusal:
+        raise ConfigError(key, *refusal)
 
 
 def _example(option: Option) -> str:
@@ -171,7 +208,18 @@ def _example(option: Option) -> str:
         return "[" + ",".join(["1"] * (option.length or 1)) + "]"
     if option.kind is bool:
         return "true"
-    return str(int(option.minimum)) if option.minimum is not None and option.minimum >= 1 else "1"
+    if option.also:
+        return str(option.also[0])
+    if option.minimum is not None and option.minimum >= 1:
+        return str(int(option.minimum))
+    if _within(1, option):
+        return "1"
+    # Bounds that leave out 1 (a momentum in [0, 1)): a value between them.
+    low = option.minimum if option.minimum is not None else option.above
+    high = option.maximum if option.maximum is not None else option.below
+    if low is not None and high is not None:
+        return f"{(low + high) / 2:g}"
+    return f"{low + 1:g}" if low is not None else f"{high - 1:g}"
 
 
 def check_section(section: Any, schema: Mapping[str, Any], where: str, allow_extra: bool = False) -> None:
@@ -200,7 +248,7 @@ def check_section(section: Any, schema: Mapping[str, Any], where: str, allow_ext
         elif isinstance(option, dict):
             check_section(value, option, name)
         else:
-            check_value(name, value, option)
+            check_value(name, value, option, section)
 
 
 def resolved_mapping(cfg: Any) -> dict:

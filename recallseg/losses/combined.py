@@ -8,7 +8,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from recallseg.config.schema import Option, Refusal
 from recallseg.losses.registry import LossContext, SegmentationLoss, build_loss
+
+
+def _named_terms(key: str, terms: Sequence[Mapping[str, Any]], section: Mapping[str, Any]) -> Refusal | None:
+    # A term's other keys are options of the loss it names, checked when that loss is built.
+    for index, term in enumerate(terms):
+        if "name" not in term:
+            return f"entry {index}, {term!r}, names no loss", "give each term name: <loss> and optionally weight: <number>"
+        weight = term.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            return f"entry {index} has weight {weight!r}, not a number", "give each term a number as weight (1.0 by default)"
+    return None
 
 
 class CombinedLoss(SegmentationLoss):
@@ -37,6 +49,8 @@ class CombinedLoss(SegmentationLoss):
     Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar.
     """
 
+    options = {"terms": Option(list, item=dict, required=True, rule=_named_terms)}
+
     def __init__(
         self,
         num_classes: int,
@@ -46,10 +60,9 @@ class CombinedLoss(SegmentationLoss):
         ignore_index: int = 255,
     ):
         super().__init__(num_classes, ignore_index)
-        if len(terms) == 0:
-            raise ValueError("loss 'combined' needs at least one term in loss.terms")
-        if len(weights) != len(terms):
-            raise ValueError(f"loss 'combined' got {len(weights)} weights for {len(terms)} terms")
+        # Built modules, not config values: a caller from Python can still pair them wrongly.
+        if len(terms) == 0 or len(weights) != len(terms):
+            raise ValueError(f"CombinedLoss needs one or more terms and a weight for each, got {len(terms)} terms, {len(weights)} weights")
         names = [type(term).__name__ for term in terms] if names is None else list(names)
         unique = [name if names.count(name) == 1 else f"{name}{i}" for i, name in enumerate(names)]
         self.terms = nn.ModuleList(terms)
@@ -58,19 +71,8 @@ class CombinedLoss(SegmentationLoss):
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "CombinedLoss":
-        options = dict(options)
-        terms_cfg = options.pop("terms", None)
-        if options:
-            raise TypeError(f"loss 'combined' does not take option(s) {sorted(options)}; it takes ['terms']")
-        if isinstance(terms_cfg, (str, bytes)) or not isinstance(terms_cfg, Sequence) or len(terms_cfg) == 0:
-            raise ValueError(
-                "loss 'combined' needs loss.terms, a non-empty list such as "
-                "[{name: recall, weight: 1.0}, {name: lovasz, weight: 0.5}]"
-            )
         terms, weights, names = [], [], []
-        for i, term_cfg in enumerate(terms_cfg):
-            if not isinstance(term_cfg, Mapping) or "name" not in term_cfg:
-                raise ValueError(f"loss.terms[{i}] must be a mapping with a 'name' (and optionally 'weight'), got {term_cfg!r}")
+        for i, term_cfg in enumerate(options["terms"]):
             term_cfg = dict(term_cfg)
             weights.append(float(term_cfg.pop("weight", 1.0)))
             name = str(term_cfg.pop("name"))

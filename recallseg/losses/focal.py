@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from recallseg.config.schema import Option
 from recallseg.losses.functional import masked_mean, safe_target, valid_mask
 from recallseg.losses.registry import SegmentationLoss
 
@@ -31,20 +32,15 @@ class FocalLoss(SegmentationLoss):
     Reference: https://arxiv.org/abs/1708.02002
     """
 
+    options = {"gamma": Option(float, minimum=0), "alpha": Option(list, item=float, minimum=0, per_class=True, null=True)}
+
     def __init__(self, num_classes: int, ignore_index: int = 255, gamma: float = 2.0, alpha: Sequence[float] | None = None):
         super().__init__(num_classes, ignore_index)
-        if gamma < 0:
-            raise ValueError(f"loss.gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
         if alpha is None:
             self.alpha = None
         else:
-            alpha = torch.as_tensor(list(alpha), dtype=torch.float32)
-            if alpha.numel() != num_classes:
-                raise ValueError(f"loss.alpha must list one weight per class: got {alpha.numel()} for {num_classes} classes")
-            if not torch.isfinite(alpha).all() or (alpha < 0).any():
-                raise ValueError(f"loss.alpha must be finite and non-negative, got {alpha.tolist()}")
-            self.register_buffer("alpha", alpha)
+            self.register_buffer("alpha", torch.as_tensor(list(alpha), dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = valid_mask(target, self.ignore_index)

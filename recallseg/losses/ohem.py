@@ -4,12 +4,19 @@ Wu et al., "High-performance Semantic Segmentation Using Very Deep Fully Convolu
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
+from recallseg.config.schema import Option, Refusal
 from recallseg.losses.functional import valid_mask
 from recallseg.losses.registry import SegmentationLoss
+
+
+def _whole(key: str, count: float, section: Mapping[str, Any]) -> Refusal | None:
+    # A count written as 1e5 on the command line arrives as a float; it is still a count.
+    return None if count == int(count) else (f"got {count!r}; it must be a whole number", f"set e.g. {key}={int(count)}")
 
 
 class OhemCrossEntropyLoss(SegmentationLoss):
@@ -39,12 +46,10 @@ class OhemCrossEntropyLoss(SegmentationLoss):
     Reference: https://arxiv.org/abs/1604.03540, https://arxiv.org/abs/1604.04339
     """
 
+    options = {"thresh": Option(float, above=0, maximum=1), "min_kept": Option(float, minimum=0, rule=_whole)}
+
     def __init__(self, num_classes: int, ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 100000):
         super().__init__(num_classes, ignore_index)
-        if not 0.0 < thresh <= 1.0:
-            raise ValueError(f"loss.thresh is a probability in (0, 1], got {thresh}")
-        if min_kept < 0 or int(min_kept) != min_kept:
-            raise ValueError(f"loss.min_kept must be a non-negative integer, got {min_kept}")
         self.thresh = float(thresh)
         self.min_kept = int(min_kept)
 

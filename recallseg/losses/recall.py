@@ -7,8 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from recallseg.config.schema import Option
 from recallseg.losses.functional import class_sums, class_totals_and_flagged, target_is_top1_from_log_probs
-from recallseg.losses.fused.statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
+from recallseg.losses.fused.statistics import KERNEL, class_ce_statistics, use_fused_kernel
 from recallseg.losses.registry import SegmentationLoss
 
 
@@ -42,6 +43,15 @@ class RecallLoss(SegmentationLoss):
     Shape: logits ``(N, C, H, W)``, target ``(N, H, W)``; returns a scalar.
     """
 
+    options = {
+        "statistics": Option(str, choices=("batch", "ema")),
+        # At 1 the statistics would never leave the first batch's counts.
+        "momentum": Option(float, minimum=0, below=1),
+        "soft": Option(bool),
+        "sync": Option(bool),
+        "kernel": KERNEL,
+    }
+
     def __init__(
         self,
         num_classes: int,
@@ -53,15 +63,11 @@ class RecallLoss(SegmentationLoss):
         kernel: str = "torch",
     ):
         super().__init__(num_classes, ignore_index)
-        if statistics not in ("batch", "ema"):
-            raise ValueError(f"loss.statistics must be 'batch' or 'ema', got {statistics!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"loss.momentum must be in [0, 1), got {momentum}")
         self.statistics = statistics
         self.momentum = float(momentum)
         self.soft = bool(soft)
         self.sync = bool(sync)
-        self.kernel = check_kernel_option(kernel)
+        self.kernel = kernel
         # EMA of [N_c, FN_c]; `seen` turns the first update into a plain copy without a host branch.
         self.register_buffer("ema_counts", torch.zeros(2, num_classes))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))

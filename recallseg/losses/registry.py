@@ -15,16 +15,19 @@ by name and, from a program that imports it, picked with ``loss=my_loss``), or w
 with its ``_target_`` in a config folder of yours (``hydra.searchpath=[file:///path/to/configs]``,
 with the file at ``loss/my_loss.yaml``).
 
-A loss class takes ``num_classes`` and ``ignore_index`` plus its options. One that needs more
-(the training split's class statistics, say) overrides ``from_config(options, context)`` and
-asks the ``LossContext``; the trainer never special-cases a loss.
+A loss class takes ``num_classes`` and ``ignore_index`` plus its options, and declares those
+options once, in ``options``: each name with the ``Option`` its value must fit (type, range,
+choices). ``build_loss`` checks a section against that declaration before anything is built,
+so a constructor takes its arguments as given. One that needs more (the training split's class
+statistics, say) overrides ``from_config(options, context)`` and asks the ``LossContext``; the
+trainer never special-cases a loss.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from omegaconf import OmegaConf
@@ -32,12 +35,15 @@ from torch import nn
 
 from recallseg.config.files import config_dir, group_options
 from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, resolved
+from recallseg.config.schema import Option
 from recallseg.errors import ConfigError, UserError, nearest
 
 # Losses registered from Python: name -> their config section ({_target_: ..., **defaults}).
 LOSSES: dict[str, dict[str, Any]] = {}
 # Their classes by target (a class defined inside a function cannot be imported by name).
 _CLASSES: dict[str, type] = {}
+# What the program gives every loss; a config that sets them is refused.
+SUPPLIED = {"num_classes", "ignore_index"}
 
 
 @dataclass
@@ -59,10 +65,14 @@ class LossContext:
 
 
 class SegmentationLoss(nn.Module):
-    """Base class of recallseg losses: ``loss(logits[N,C,H,W], target[N,H,W]) -> scalar``."""
+    """Base class of recallseg losses: ``loss(logits[N,C,H,W], target[N,H,W]) -> scalar``.
 
-    # Options ``from_config`` takes beyond the constructor's keyword arguments.
-    config_options: tuple[str, ...] = ()
+    ``options``, name -> ``Option``, is everything a config section may set for the loss; with
+    a custom ``from_config`` that is what it takes, not what the constructor takes. A loss that
+    declares none takes its constructor's keyword arguments, with any value.
+    """
+
+    options: ClassVar[Mapping[str, Option] | None] = None
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
         super().__init__()
@@ -83,10 +93,10 @@ class RegionLoss(SegmentationLoss):
     """Base of the losses over whole class regions (Lovász, soft IoU): which classes the mean
     takes (``"present"`` in the batch or image, or ``"all"``) and whether it is per image."""
 
+    options = {"classes": Option(str, choices=("present", "all")), "per_image": Option(bool)}
+
     def __init__(self, num_classes: int, ignore_index: int = 255, classes: str = "present", per_image: bool = False):
         super().__init__(num_classes, ignore_index)
-        if classes not in ("present", "all"):
-            raise ValueError(f"loss.classes must be 'present' or 'all', got {classes!r}")
         self.classes = classes
         self.per_image = bool(per_image)
 
@@ -142,14 +152,21 @@ def loss_class(section: Mapping[str, Any], where: str = "loss", trusted: bool = 
     return cls
 
 
-def check_loss_options(section: Mapping[str, Any], where: str = "loss") -> None:
-    """Refuse options the loss does not take, before anything is computed."""
+def option_specs(cls: type, num_classes: int | None = None) -> dict[str, Option] | None:
+    """The ``Option``s a loss class declares, a per-class list's length set to ``num_classes``; None if it declares none."""
+    declared = cls.options if issubclass(cls, SegmentationLoss) else None
+    if declared is None:
+        return None
+    return {name: replace(spec, length=num_classes) if spec.per_class and num_classes else spec for name, spec in declared.items()}
+
+
+def check_loss_options(section: Mapping[str, Any], where: str = "loss", num_classes: int | None = None) -> type:
+    """Refuse, before anything is computed, an option the loss does not declare or a value its
+    ``Option`` refuses; the loss class otherwise."""
     cls = loss_class(section, where)
     options = {k: v for k, v in section.items() if k != "_target_"}
-    if issubclass(cls, SegmentationLoss) and cls.from_config.__func__ is not SegmentationLoss.from_config.__func__ and not cls.config_options:
-        return  # a custom from_config that does its own checking
-    extra = getattr(cls, "config_options", ())
-    check_options(cls, {k: v for k, v in options.items() if k not in extra}, where, section["_target_"], {"num_classes", "ignore_index"})
+    check_options(cls, options, where, section["_target_"], SUPPLIED, option_specs(cls, num_classes))
+    return cls
 
 
 def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str = "loss", **options: Any) -> SegmentationLoss:
@@ -158,9 +175,8 @@ def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str =
     section = {"name": spec} if isinstance(spec, str) else dict(resolved(spec))
     if "_target_" not in section and "name" in section:
         section = {**loss_config(str(section.pop("name"))), **section}
-    section.update(options)
-    check_loss_options(section, where)
-    cls = loss_class(section, where)
+    section.update({key: resolved(value) for key, value in options.items()})
+    cls = check_loss_options(section, where, context.num_classes)
     rest = {k: v for k, v in section.items() if k != "_target_"}
     try:
         if issubclass(cls, SegmentationLoss):

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError
 from recallseg.losses.class_weights import RENAMED_MODES, WEIGHT_MODES, class_weights_from_counts
-from recallseg.losses.fused.statistics import check_kernel_option, class_ce_statistics, use_fused_kernel
+from recallseg.losses.fused.statistics import KERNEL, class_ce_statistics, use_fused_kernel
 from recallseg.losses.registry import LossContext, SegmentationLoss
 
 log = logging.getLogger(__name__)
+
+# Shared with class-balanced cross entropy.
+BETA = Option(float, minimum=0, below=1, also=("auto",))
+NORMALIZE = Option(str, choices=("weights", "pixels"))
+# A class with no training pixels may weigh 0; a negative weight would reward its mistakes.
+WEIGHTS = Option(list, item=float, minimum=0, per_class=True, null=True)
 
 
 def read_weights_file(path: str | Path) -> list[float]:
@@ -54,6 +62,15 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
     ``kernel`` is ``"torch"``, ``"triton"`` or ``"auto"``, as for recall loss (``fused_statistics``).
     """
 
+    options = {
+        "mode": Option(str, choices=(*WEIGHT_MODES, *RENAMED_MODES)),
+        "beta": BETA,
+        "weights": WEIGHTS,
+        "weights_file": Option(str, null=True),
+        "normalize": NORMALIZE,
+        "kernel": KERNEL,
+    }
+
     def __init__(
         self,
         num_classes: int,
@@ -63,16 +80,9 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         kernel: str = "torch",
     ):
         super().__init__(num_classes, ignore_index)
-        weights = torch.as_tensor(weights, dtype=torch.float32).flatten()
-        if weights.numel() != num_classes:
-            raise ValueError(f"got {weights.numel()} class weights for {num_classes} classes")
-        if not torch.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError(f"class weights must be finite and non-negative, got {weights.tolist()}")
-        if normalize not in ("weights", "pixels"):
-            raise ValueError(f"normalize must be 'weights' or 'pixels', got {normalize!r}")
         self.normalize = normalize
-        self.kernel = check_kernel_option(kernel)
-        self.register_buffer("weights", weights)
+        self.kernel = kernel
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32).flatten())
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "WeightedCrossEntropyLoss":
@@ -81,19 +91,13 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         beta = options.pop("beta", "auto")
         weights = options.pop("weights", None)
         weights_file = options.pop("weights_file", None)
-        unknown = sorted(set(options) - {"normalize", "kernel"})
-        if unknown:
-            raise TypeError(
-                f"loss {cls.__name__} does not take option(s) {unknown}; it takes "
-                "['mode', 'beta', 'weights', 'weights_file', 'normalize', 'kernel']"
-            )
         if weights is None and weights_file:
             weights = read_weights_file(weights_file)
+            # The file stands for loss.weights: its numbers are held to the same Option.
+            check_value("loss.weights_file", weights, replace(WEIGHTS, length=context.num_classes, null=False))
         if weights is None:
             if context.class_pixel_counts is None:
                 raise ValueError("weighted_ce needs class weights: give loss.weights, loss.weights_file, or train on a dataset")
-            if mode not in WEIGHT_MODES and mode not in RENAMED_MODES:
-                raise ValueError(f"unknown loss.mode {mode!r}; choose one of {list(WEIGHT_MODES)}")
             if mode in RENAMED_MODES:
                 log.warning("loss.mode=%s is now called %s (median(n) / n_c); use that name", mode, RENAMED_MODES[mode])
             image_pixels = None

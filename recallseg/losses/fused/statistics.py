@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any, Mapping
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from recallseg.config.schema import Option, Refusal
 
 MAX_CLASSES = 1024  # one tile holds every class of a pixel; beyond this, use the PyTorch path
 _TILE_ELEMENTS = 4096  # pixels x classes per tile: 32 fp32 values per thread at 4 warps
@@ -44,13 +47,15 @@ def triton_available() -> bool:
 KERNELS = ("torch", "triton", "auto")
 
 
-def check_kernel_option(kernel: str) -> str:
-    """Validate a loss's ``kernel`` option at construction, where a bad value is cheap to report."""
-    if kernel not in KERNELS:
-        raise ValueError(f"loss.kernel must be one of {KERNELS}, got {kernel!r}")
+def _triton_installed(key: str, kernel: str, section: Mapping[str, Any]) -> Refusal | None:
+    # Refused when the loss is built, where the fix is cheap, not at its first step.
     if kernel == "triton" and not triton_available():
-        raise ValueError("loss.kernel=triton needs the triton package (pip install triton); or set loss.kernel=torch")
-    return kernel
+        return "triton needs the triton package, which is not installed", f"pip install triton, or set {key}=torch"
+    return None
+
+
+# The ``kernel`` option of every loss with a fused path.
+KERNEL = Option(str, choices=KERNELS, rule=_triton_installed)
 
 
 def use_fused_kernel(kernel: str, logits: torch.Tensor) -> bool:
