@@ -113,3 +113,28 @@ def test_a_loss_from_another_package_needs_only_a_yaml(tmp_path, cache_env):
     )
     assert "my_losses.scaled.ScaledCE" in (run / "train.log").read_text()
     assert (run / "checkpoints" / "last.pt").is_file() and result.returncode == 0
+
+
+def test_a_loss_built_in_python_is_held_to_its_declared_options():
+    """RecallLoss(...) in one's own loop refuses what loss.momentum=1 on the command line refuses, with the same line."""
+    from recallseg.errors import ConfigError
+    from recallseg.losses import FocalLoss, RecallLoss
+
+    for build, message in (
+        (lambda: RecallLoss(4, momentum=1.0), "loss.momentum: got 1.0; it must be a number in [0, 1)"),
+        (lambda: RecallLoss(4, statistics="running"), "loss.statistics: got 'running'; it must be one of batch, ema"),
+        (lambda: FocalLoss(4, gamma=-1), "loss.gamma: got -1; it must be a number >= 0"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert str(info.value).startswith(message), str(info.value)
+    assert RecallLoss(4, statistics="ema", momentum=0.0).momentum == 0.0
+
+    class MyRecall(RecallLoss):  # a user's subclass: its own constructor is checked once, by its own options
+        def __init__(self, num_classes, scale=2.0, **kwargs):
+            super().__init__(num_classes, **kwargs)
+            self.scale = scale
+
+    assert MyRecall(4, momentum=0.5).scale == 2.0
+    with pytest.raises(ConfigError, match=r"^loss.momentum: got 2"):
+        MyRecall(4, momentum=2)

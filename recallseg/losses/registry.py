@@ -25,6 +25,7 @@ trainer never special-cases a loss.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar, Mapping
@@ -35,7 +36,7 @@ from torch import nn
 
 from recallseg.config.files import config_dir, group_options
 from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, resolved
-from recallseg.config.schema import Option
+from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
 
 # Losses registered from Python: name -> their config section ({_target_: ..., **defaults}).
@@ -73,6 +74,29 @@ class SegmentationLoss(nn.Module):
     """
 
     options: ClassVar[Mapping[str, Option] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A loss built in Python (``RecallLoss(4, momentum=1.0)``) is held to the same declared
+        ``options`` as one built from a config: the subclass's constructor checks what it is given.
+        A loss with its own ``from_config`` declares what that takes, which its constructor may
+        take in another form (built terms, weights): there the config is what is checked."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or cls.from_config.__func__ is not SegmentationLoss.from_config.__func__:
+            return
+        signature = inspect.signature(init)
+        spread = [name for name, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD]  # **kwargs passed on
+
+        @functools.wraps(init)
+        def checked_init(self, *args: Any, **given: Any) -> None:
+            if type(self) is cls:  # the outermost constructor checks; super().__init__ calls do not again
+                arguments = dict(signature.bind(self, *args, **given).arguments)
+                for name in spread:
+                    arguments.update(arguments.pop(name, {}))
+                check_given_options(cls, arguments)
+            init(self, *args, **given)
+
+        cls.__init__ = checked_init
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
         super().__init__()
@@ -158,6 +182,14 @@ def option_specs(cls: type, num_classes: int | None = None) -> dict[str, Option]
     if declared is None:
         return None
     return {name: replace(spec, length=num_classes) if spec.per_class and num_classes else spec for name, spec in declared.items()}
+
+
+def check_given_options(cls: type, arguments: Mapping[str, Any]) -> None:
+    """Check the constructor ``arguments`` that ``cls`` declares as options, by their ``Option``s."""
+    specs = option_specs(cls, arguments.get("num_classes")) or {}
+    for name, value in arguments.items():
+        if name in specs:
+            check_value(f"loss.{name}", value.tolist() if isinstance(value, torch.Tensor) else value, specs[name])
 
 
 def check_loss_options(section: Mapping[str, Any], where: str = "loss", num_classes: int | None = None) -> type:
