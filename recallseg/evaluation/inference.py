@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recallseg.config.construct import resolved
 from recallseg.config.schema import INFERENCE, check_value
 from recallseg.errors import ConfigError, nearest
 
@@ -142,7 +143,7 @@ class InferenceSettings:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "InferenceSettings":
         """From the ``inference`` config section (missing keys take the defaults; unknown keys are an error)."""
-        cfg = dict(cfg or {})
+        cfg = dict(resolved(cfg) or {})
         for key in cfg:
             if key not in INFERENCE:
                 hint = nearest(key, list(INFERENCE))
