@@ -9,7 +9,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bf16', torch.cuda.is_bf16_supported())"
 
 echo "== CUDA tests (host-sync checks, AMP default)"
-python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_losses.py -k "cuda or sync or Cuda" 2>&1 | tail -15
+python -m pytest -q -p no:cacheprovider tests/training/test_cuda.py tests/losses/test_losses.py -k "cuda or sync or Cuda" 2>&1 | tail -15
 
 echo "== benchmarks: the trainer's step, the losses alone, inference"
 python scripts/benchmark.py --sections step,loss,inference --device cuda --json "$RESULTS/benchmark.json" 2>&1 | tail -40

@@ -1,8 +1,8 @@
 """Checks of the fused Triton kernel (``loss.kernel=triton``) against the float64 oracles of
-``test_losses`` and against the PyTorch path of the same loss.
+``losses/test_losses`` and against the PyTorch path of the same loss.
 
-Each check takes a device. ``test_cuda.py`` runs them on CUDA in-process. On a machine without
-a GPU, ``test_losses.py`` runs this file as a script under Triton's interpreter: the
+Each check takes a device. ``training/test_cuda.py`` runs them on CUDA in-process. On a machine without
+a GPU, ``losses/test_losses.py`` runs this file as a script under Triton's interpreter: the
 ``TRITON_INTERPRET=1`` switch must be set before Triton compiles any kernel, so it gets a
 process of its own.
 
@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "losses"))  # the oracles live beside the loss tests
 from test_losses import C, IGNORE, ce_oracle, context, make_batch, recall_oracle, value_and_grad, weighted_ce_oracle
 
 from recallseg.losses import build_loss

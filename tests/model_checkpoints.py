@@ -65,3 +65,13 @@ def write_checkpoint(path: Path, classes: Sequence[str], overrides: Sequence[str
     calibrate(model, x)
     save_checkpoint({"model": model.state_dict(), "config": config, "classes": list(classes), "iteration": 7}, path)
     return path
+
+
+def eval_config(checkpoint, tmp_path):
+    """eval.yaml composed for ``checkpoint``, writing into ``tmp_path/eval``."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("eval", overrides=[f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'eval'}"])

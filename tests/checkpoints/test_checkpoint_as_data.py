@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from conftest import TINY_OVERRIDES
-from model_checkpoints import write_checkpoint
+from model_checkpoints import eval_config, write_checkpoint
 from recallseg.data.synthetic import CLASSES
 from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
 from recallseg.errors import UserError
@@ -30,15 +30,6 @@ def planted(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("planted_module", None)
     return marker
-
-
-def eval_config(checkpoint, tmp_path):
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONFIG_DIR
-
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("eval", overrides=[f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'eval'}"])
 
 
 def tampered(tmp_path, change):

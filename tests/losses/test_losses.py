@@ -26,7 +26,7 @@ from recallseg.losses.fused.statistics import triton_available
 
 IGNORE = 255
 C = 4
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "loss"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "loss"
 # Pixel counts of an imaginary training split (class 3 never occurs there).
 TRAIN_COUNTS = torch.tensor([5000.0, 800.0, 40.0, 0.0])
 
@@ -733,7 +733,7 @@ def test_user_registered_loss_works_through_build_loss():
 @pytest.mark.skipif(not triton_available(), reason="needs triton")
 def test_fused_kernel_matches_oracles_under_the_triton_interpreter():
     """``tests/fused_kernel_cases.py`` on CPU tensors, in a process of its own with TRITON_INTERPRET=1."""
-    tests_dir = Path(__file__).resolve().parent
+    tests_dir = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
         [sys.executable, str(tests_dir / "fused_kernel_cases.py")], cwd=tests_dir, env=env, capture_output=True, text=True, timeout=600

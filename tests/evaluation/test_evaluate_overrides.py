@@ -7,7 +7,7 @@ from model_checkpoints import TINY_RUNTIME, write_checkpoint
 from recallseg.checkpoints.stored_config import checkpoint_config
 from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
 from recallseg.errors import ConfigError, UserError
-from test_checkpoint_as_data import eval_config
+from model_checkpoints import eval_config
 
 FOLDER_CLASSES = ["background", "road", "car"]
 

@@ -216,7 +216,7 @@ def test_a_harmless_edit_made_the_same_way_is_accepted(command, clean_checkpoint
     assert load_checkpoint(checkpoint)["config"]["dataset"]["noise"] == 3.5
     if command == "evaluate":  # eval_main hands over to Hydra's app after its checks: run the task itself
         from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
-        from test_checkpoint_as_data import eval_config
+        from model_checkpoints import eval_config
 
         metrics = evaluate_checkpoint(eval_config(checkpoint, tmp_path))
         assert (tmp_path / "eval" / "metrics.json").is_file() and metrics["mIoU"] == metrics["mIoU"]

@@ -142,4 +142,4 @@ def test_shipped_dataset_configs_build_and_meet_the_output_stride(trees, name, m
         assert dataset.ignore_index == 255 and len(dataset.classes) >= 3
 
 
-# The paper experiments' protocol, row by row: tests/test_paper_protocol.py.
+# The paper experiments' protocol, row by row: tests/config/test_paper_protocol.py.
