@@ -24,12 +24,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from recallseg.data.base import SegmentationDataset
 from recallseg.pipeline.cache import CachedDataset
 from recallseg.data.files import image_size
-from recallseg.pipeline.loaders import worker_context, worker_init
+from recallseg.pipeline.loaders import WorkerLoader, worker_context, worker_init
 from recallseg.data.masks import to_mask_dtype
 
 def unwrap(dataset: SegmentationDataset) -> SegmentationDataset:
@@ -129,11 +129,11 @@ def collate_evaluation(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluation_loader(
     samples: EvaluationSamples, batch_size: int, num_workers: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False
-) -> DataLoader:
+) -> WorkerLoader:
     """Loader of ``collate_evaluation`` batches; with several ranks each takes a strided shard (no duplicates)."""
     indices = range(rank, len(samples), world_size) if world_size > 1 else None
     dataset = samples if indices is None else torch.utils.data.Subset(samples, indices)
-    return DataLoader(
+    return WorkerLoader(
         dataset, batch_size=max(int(batch_size), 1), shuffle=False, num_workers=int(num_workers),
         pin_memory=pin_memory, collate_fn=collate_evaluation, worker_init_fn=worker_init,
         multiprocessing_context=worker_context(int(num_workers)),

@@ -26,7 +26,6 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from recallseg.atomic_files import atomic_write
@@ -34,7 +33,7 @@ from recallseg.errors import ConfigError
 from recallseg.config.schema import DATASET_RESERVED
 from recallseg.data.base import SegmentationDataset
 from recallseg.data.files import file_signature
-from recallseg.pipeline.loaders import worker_context
+from recallseg.pipeline.loaders import WorkerLoader, worker_context, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +106,9 @@ def class_statistics(dataset: SegmentationDataset, num_classes: int, ignore_inde
     Pass the dataset without random transforms so the statistics describe the labels themselves.
     """
     with preserved_random_state():
-        loader = DataLoader(
+        loader = WorkerLoader(
             _MaskCounts(dataset, num_classes, ignore_index), batch_size=1, num_workers=num_workers, collate_fn=_only,
-            multiprocessing_context=worker_context(num_workers),
+            worker_init_fn=worker_init, multiprocessing_context=worker_context(num_workers),
         )
         counts = np.zeros(num_classes, dtype=np.int64)
         image_pixels = np.zeros(num_classes, dtype=np.int64)

@@ -72,6 +72,27 @@ def worker_init(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+class WorkerLoader(DataLoader):
+    """A DataLoader whose worker processes never inherit OpenCV's thread pool.
+
+    A forked worker gets a copy of this process's memory but none of its threads. If OpenCV's
+    pool threads were waiting on their condition variables at the fork, the worker's copy of
+    that pool can never be torn down: its first ``cv2.setNumThreads`` (``worker_init``) or
+    parallel OpenCV call waits forever. So the pool is stopped while the workers start, and
+    restored after.
+    """
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # joins the pool's threads: nothing of it is copied into the workers
+        try:
+            return super().__iter__()
+        finally:
+            cv2.setNumThreads(threads)
+
+
 def worker_context(num_workers: int):
     """The multiprocessing context loader workers start in, named rather than inherited.
 
@@ -124,7 +145,7 @@ def train_loader(
 ) -> DataLoader:
     """An endless loader of training batches starting at ``start_iteration``."""
     stream = TrainingStream(len(dataset), seed, rank, world_size, start=start_iteration * batch_size)
-    return DataLoader(
+    return WorkerLoader(
         dataset,
         batch_size=batch_size,
         sampler=stream,

@@ -88,11 +88,11 @@ def _one_thread(worker_id: int) -> None:
 
 def loader_samples_per_second(dataset, workers: int, batch_size: int, min_seconds: float) -> float:
     """Samples/s of a whole DataLoader (``workers`` processes, uint8 batches), after its warm-up."""
-    from torch.utils.data import DataLoader
+    from recallseg.pipeline.loaders import WorkerLoader
 
     per_batch_guess = 40.0 * workers  # enough keys for min_seconds at a generous rate
     keys = [(i % len(dataset), i) for i in range(int(per_batch_guess * min_seconds * 4) + batch_size * (workers + 2))]
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=keys, num_workers=workers, worker_init_fn=_one_thread, prefetch_factor=4)
+    loader = WorkerLoader(dataset, batch_size=batch_size, sampler=keys, num_workers=workers, worker_init_fn=_one_thread, prefetch_factor=4)
     iterator = iter(loader)
     for _ in range(workers):  # every worker has started and produced a batch
         next(iterator)
