@@ -141,3 +141,17 @@ def test_an_untrusted_class_of_the_right_kind_from_another_package_is_refused_af
 
     with pytest.raises(ConfigError, match=re.escape("model._target_: the stored config names 'recallseg.models.builder.nn.Identity', which is not a Module of")):
         build({"_target_": "recallseg.models.builder.nn.Identity"}, "model", kind=nn.Module, trusted=False)
+
+
+def test_a_model_factory_is_a_trusted_model_but_no_transform_or_dataset():
+    """A stored transform entry naming smp.create_model (encoder_weights: imagenet) would download weights."""
+    import segmentation_models_pytorch as smp
+    from torch import nn
+
+    check_trusted_object(smp.create_model, "segmentation_models_pytorch.create_model", "model._target_", nn.Module)
+    for key, kind, name in [
+        ("dataset.val_transform[0]._target_", transform_kinds(), "BasicTransform or BaseCompose"),
+        ("dataset._target_", SegmentationDataset, "SegmentationDataset"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(f"{key}: the stored config names 'segmentation_models_pytorch.create_model', which is not a {name} of")):
+            check_trusted_object(smp.create_model, "segmentation_models_pytorch.create_model", key, kind)
