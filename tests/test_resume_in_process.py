@@ -100,7 +100,7 @@ def test_a_random_state_restores_from_a_saved_checkpoint(tmp_path):
     assert (random.random(), np.random.random(), torch.rand(1).item()) == expected
 
 
-def test_trainer_stop_after_stops_and_saves_at_that_iteration(runs):
+def test_stop_after_and_a_signal_stop_the_fit_and_save_last_pt_at_that_iteration(runs):
     _, _, stops = runs
     assert stops["stop_after"] == 1
     assert stops["signal"] == (143, 2)  # SIGTERM: saved after the step it arrived in, exit status 128 + 15
