@@ -59,19 +59,23 @@ def runs(tmp_path_factory):
         draws.setdefault(self.cfg.output_dir, []).append((self.iteration + 1, np.random.random(), random.random()))
         return real_step(self, images, masks)
 
-    stops = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Trainer, "step", drawing_step)
-        trainer(root / "straight").fit()
-        trainer(root / "stop_after", "trainer.stop_after=1").fit()
-        stops["stop_after"] = load_checkpoint(root / "stop_after" / "checkpoints" / "last.pt")["iteration"]
-        trainer(root / "stop_after", "resume=auto").fit()
-        patch.setattr(Trainer, "step", signal_before_iteration(2))
-        with pytest.raises(SystemExit) as exit_:
-            trainer(root / "signal").fit()
-        stops["signal"] = (exit_.value.code, load_checkpoint(root / "signal" / "checkpoints" / "last.pt")["iteration"])
-        patch.setattr(Trainer, "step", real_step)
-        trainer(root / "signal", "resume=auto").fit()
+    stops, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # a few small convolutions: threads only contend on a shared 2-core machine
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Trainer, "step", drawing_step)
+            trainer(root / "straight").fit()
+            trainer(root / "stop_after", "trainer.stop_after=1").fit()
+            stops["stop_after"] = load_checkpoint(root / "stop_after" / "checkpoints" / "last.pt")["iteration"]
+            trainer(root / "stop_after", "resume=auto").fit()
+            patch.setattr(Trainer, "step", signal_before_iteration(2))
+            with pytest.raises(SystemExit) as exit_:
+                trainer(root / "signal").fit()
+            stops["signal"] = (exit_.value.code, load_checkpoint(root / "signal" / "checkpoints" / "last.pt")["iteration"])
+            patch.setattr(Trainer, "step", real_step)
+            trainer(root / "signal", "resume=auto").fit()
+    finally:
+        torch.set_num_threads(threads)
     last = {name: load_checkpoint(root / name / "checkpoints" / "last.pt") for name in ("straight", "stop_after", "signal")}
     return last, {name: draws.get(str(root / name)) for name in last}, stops
 
