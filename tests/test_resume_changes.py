@@ -48,7 +48,7 @@ def test_a_new_learning_rate_applies_and_is_logged(run_dir, caplog):
 
 def test_a_new_batch_size_applies_to_the_resumed_training_and_is_logged(run_dir, tmp_path, caplog):
     shutil.copytree(run_dir, tmp_path / "run")  # fit() writes: leave the shared run as it is
-    run = trainer(tmp_path / "run", "resume=auto", "trainer.batch_size=4", "trainer.max_iters=3")
+    run = trainer(tmp_path / "run", "resume=auto", "trainer.batch_size=4", "trainer.max_iters=4", "trainer.stop_after=1")  # no validation
     batch_sizes, step = [], run.step
     run.step = lambda images, masks: batch_sizes.append((len(images), len(masks))) or step(images, masks)
     with caplog.at_level(logging.WARNING, logger="recallseg"):
