@@ -136,7 +136,9 @@ def check_trusted_object(obj: Any, target: str, key: str, kind: type | tuple[typ
     (a class; model factory functions of smp and recallseg.models are the one exception)."""
     module = getattr(obj, "__module__", "") or ""
     inside = module.split(".")[0] in TRUSTED_PACKAGES
-    fits = (inspect.isclass(obj) and kind is not None and issubclass(obj, kind)) or (inspect.isfunction(obj) and inside and _is_factory(obj))
+    fits = (inspect.isclass(obj) and kind is not None and issubclass(obj, kind)) or (
+        inspect.isfunction(obj) and inside and _is_factory(obj) and _admits_models(kind)
+    )
     if not inside or not fits:
         raise ConfigError(
             key, f"the stored config names {target!r}, which is not a {_kind_name(kind)} of recallseg or its libraries",
@@ -147,6 +149,13 @@ def check_trusted_object(obj: Any, target: str, key: str, kind: type | tuple[typ
 def _is_factory(function: Callable) -> bool:
     """Functions that build models (``smp.create_model``, recallseg.models builders) are allowed as model targets."""
     return function.__module__.startswith(("segmentation_models_pytorch", "recallseg.models"))
+
+
+def _admits_models(kind: Any) -> bool:
+    """Whether a section of ``kind`` builds a model (only there may a model factory stand in for a class)."""
+    from torch import nn
+
+    return kind is None or any(isinstance(k, type) and issubclass(nn.Module, k) for k in (kind if isinstance(kind, tuple) else (kind,)))
 
 
 def _kind_name(kind: Any) -> str:

@@ -2,6 +2,7 @@
 line naming the keys, every other change is logged and applied (none is silently ignored)."""
 
 import logging
+import shutil
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -45,10 +46,14 @@ def test_a_new_learning_rate_applies_and_is_logged(run_dir, caplog):
     assert "trainer.max_iters changed from 2 to 4; the new value applies" in caplog.text
 
 
-def test_a_new_batch_size_is_logged(run_dir, caplog):
+def test_a_new_batch_size_applies_to_the_resumed_training_and_is_logged(run_dir, tmp_path, caplog):
+    shutil.copytree(run_dir, tmp_path / "run")  # fit() writes: leave the shared run as it is
+    run = trainer(tmp_path / "run", "resume=auto", "trainer.batch_size=4", "trainer.max_iters=4", "trainer.stop_after=1")  # no validation
+    batch_sizes, step = [], run.step
+    run.step = lambda images, masks: batch_sizes.append((len(images), len(masks))) or step(images, masks)
     with caplog.at_level(logging.WARNING, logger="recallseg"):
-        run = resumed(run_dir, "trainer.batch_size=4")
-    assert run.cfg.trainer.batch_size == 4  # fit() builds the training stream from it
+        run.fit()
+    assert batch_sizes == [(4, 4)]  # iteration 3, the only one after the resume
     assert "trainer.batch_size changed from 2 to 4; the new value applies" in caplog.text
 
 

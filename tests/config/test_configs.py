@@ -12,6 +12,7 @@ from recallseg.pipeline import build_dataset
 from recallseg.training.optim import build_optimizer, build_scheduler
 from recallseg.losses import LossContext, build_loss
 from recallseg.models import build_model
+from recallseg.schema import validate_train_config
 
 # loss_protocol holds per-loss settings that train.yaml picks by ${protocol}_${loss}, never chosen directly.
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_") and p.name != "loss_protocol")
@@ -27,9 +28,13 @@ def compose_train(*overrides):
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_group_option_composes(group, option):
+def test_every_group_option_composes_into_a_valid_training_config_holding_its_keys(group, option):
     cfg = compose_train(f"{group}={option}")
-    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    validate_train_config(cfg)  # every interpolation resolves and every fixed section fits the schema
+    if "@package _global_" not in (CONFIG_DIR / group / f"{option}.yaml").read_text():
+        own = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml"), resolve=False)
+        composed = OmegaConf.to_container(cfg[group], resolve=False)
+        assert {key: composed.get(key) for key in own if key != "defaults"} == {k: v for k, v in own.items() if k != "defaults"}
 
 
 def test_eval_config_requires_a_checkpoint():
@@ -59,7 +64,14 @@ def test_every_optimizer_and_scheduler_builds(optimizer, scheduler):
 
     cfg = compose_train(f"optimizer={optimizer}", f"scheduler={scheduler}")
     opt = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))], torch.device("cpu"))
-    build_scheduler(cfg.scheduler, opt, cfg.trainer.max_iters)
+    assert type(opt).__name__ == cfg.optimizer._target_.rsplit(".", 1)[1]
+    assert opt.defaults["lr"] == cfg.optimizer.lr and opt.defaults["weight_decay"] == cfg.optimizer.weight_decay
+    schedule = build_scheduler(cfg.scheduler, opt, max_iters=400)
+    for _ in range(100):
+        opt.step()
+        schedule.step()
+    factor = (1 - 100 / 400) ** cfg.scheduler.power if "power" in cfg.scheduler else 1.0  # poly, or constant
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr * factor, rel=1e-12)
 
 
 @pytest.mark.parametrize("model", options("model"))

@@ -66,3 +66,42 @@ def test_metrics_from_random_predictions_match_sklearn_style_oracle():
         fn = ((prediction != c) & (target == c) & valid).sum().item()
         assert m["per_class"][name]["iou"] == pytest.approx(tp / (tp + fp + fn))
         assert m["per_class"][name]["acc"] == pytest.approx(tp / (tp + fn))
+
+
+def test_every_metric_of_an_empty_confusion_matrix_is_nan():
+    """No pixel scored (an empty split, or every pixel ignored): nothing to average, not 0% accuracy."""
+    cm = ConfusionMatrix(3, ignore_index=255)
+    cm.update(torch.tensor([[0, 1, 2]]), torch.tensor([[255, 255, 255]]))
+    m = metrics_from_confusion(cm.compute(), ["a", "b", "c"])
+    assert torch.count_nonzero(cm.compute()) == 0
+    assert [math.isnan(m[key]) for key in ("mIoU", "mAcc", "aAcc", "mPrecision")] == [True] * 4
+    for row in m["per_class"].values():
+        assert math.isnan(row["iou"]) and math.isnan(row["acc"]) and math.isnan(row["precision"]) and row["pixels"] == 0
+    assert "mIoU n/a  mAcc n/a  aAcc n/a  mPrecision n/a" in format_table(m)
+
+
+def test_pixels_labelled_with_a_negative_ignore_index_are_not_scored():
+    target = torch.tensor([[0, -1, 1, -1], [2, 1, -1, 0]], dtype=torch.int16)  # int16: the mask dtype for ignore_index -1
+    prediction = torch.tensor([[0, 2, 1, 0], [1, 1, 2, 2]])
+    cm = ConfusionMatrix(3, ignore_index=-1)
+    cm.update(prediction, target)
+    assert cm.compute().tolist() == [[1, 0, 1], [0, 2, 0], [0, 1, 0]]
+    assert metrics_from_confusion(cm.compute(), list("abc"))["aAcc"] == 3 / 5
+
+
+def test_evaluation_leaves_out_pixels_of_a_negative_ignore_index():
+    """engine.evaluation with ignore_index=-1: only the labelled pixels enter the matrix."""
+    from recallseg.engine.evaluation import evaluate
+    from recallseg.engine.runtime import Normalizer, Runtime
+
+    class Fixed(torch.nn.Module):  # predicts class 1 everywhere
+        def forward(self, x):
+            return torch.stack([torch.zeros_like(x[:, 0]), torch.ones_like(x[:, 0]), torch.zeros_like(x[:, 0])], 1)
+
+    runtime = Runtime(torch.device("cpu"), None, False)
+    masks = torch.full((2, 32, 32), -1, dtype=torch.int16)
+    masks[0, :4] = 1  # 128 pixels of class 1, predicted right
+    masks[1, :2] = 2  # 64 pixels of class 2, predicted as 1
+    images = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    matrix = evaluate(Fixed(), [(images, masks)], Normalizer([0.5] * 3, [0.5] * 3, runtime), runtime, 3, -1, progress=False)
+    assert matrix.compute().tolist() == [[0, 0, 0], [0, 128, 0], [0, 64, 0]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -307,6 +308,18 @@ def test_ignored_pixels_take_no_part(case_id, cfg, oracle):
 
 
 @pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
+def test_a_negative_ignore_index_is_ignored_like_255(case_id, cfg, oracle):
+    """ignore_index=-1 (datasets whose masks mark void as -1): those pixels take no part."""
+    logits, target = make_batch(ignore_fraction=0.3, seed=6)
+    negative = torch.where(target == IGNORE, -1, target)
+    minus_one = LossContext(num_classes=C, ignore_index=-1, class_pixel_counts=lambda: TRAIN_COUNTS)
+    value, grad = value_and_grad(build_loss(cfg, minus_one), logits, negative)
+    expected, expected_grad = value_and_grad(oracle, logits.double(), target)  # the oracles ignore label 255
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
 def test_absent_class_gives_no_nan_or_inf(case_id, cfg, oracle):
     logits, target = make_batch(seed=5)
     target[target == 3] = 1  # class 3 is absent from the batch (and from TRAIN_COUNTS)
@@ -495,6 +508,44 @@ def test_sync_without_process_group_is_a_no_op():
     plain, plain_grad = value_and_grad(make("recall"), logits, target)
     synced, synced_grad = value_and_grad(make("recall", sync=True), logits, target)
     assert torch.equal(plain, synced) and torch.equal(plain_grad, synced_grad)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_recall_all_reduces_its_counts_over_ranks_only_with_sync(monkeypatch, sync):
+    """With an initialised process group (simulated), sync=true sums [N_c, FN_c] over the ranks
+    with one all_reduce; sync=false keeps this rank's counts and calls no collective."""
+    import torch.distributed as dist
+
+    reduced = []
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, *args, **kwargs: reduced.append(tensor.clone()))
+    logits, target = make_batch(seed=13)
+    make("recall", sync=sync)(logits, target)
+    if sync:
+        assert len(reduced) == 1 and reduced[0].tolist() == [list(counts) for counts in recall_counts(logits, target)]
+    else:
+        assert reduced == []
+
+
+@pytest.mark.parametrize("momentum", [1.0, 1.5, -0.1])
+def test_recall_ema_momentum_outside_zero_inclusive_to_one_exclusive_is_refused(momentum):
+    """momentum 1 would freeze the statistics at the first batch (s <- 1 * s + 0 * batch)."""
+    from recallseg.losses.recall import RecallLoss
+
+    with pytest.raises(ValueError, match=re.escape(f"loss.momentum must be in [0, 1), got {momentum}")):
+        RecallLoss(C, statistics="ema", momentum=momentum)
+    with pytest.raises(ConfigError, match=re.escape(f"loss: recallseg.losses.recall.RecallLoss: loss.momentum must be in [0, 1), got {momentum}")):
+        make("recall", statistics="ema", momentum=momentum)
+
+
+def test_recall_ema_momentum_zero_is_accepted_and_keeps_only_the_last_batch():
+    loss = make("recall", statistics="ema", momentum=0.0)
+    for seed in (24, 25):
+        logits, target = make_batch(seed=seed)
+        loss(logits, target)
+    assert loss.ema_counts.tolist() == [list(counts) for counts in recall_counts(logits, target)]
+    assert make("recall", statistics="ema", momentum=0.999).momentum == 0.999
 
 
 def _recall_sync_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:

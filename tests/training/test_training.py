@@ -17,6 +17,19 @@ def sweep(tmp_path_factory):
     return root, result
 
 
+def labelled_validation_pixels():
+    """Pixels of the sweep's validation split that carry a class (not the ignore index), counted here."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIG_DIR
+    from recallseg.data import build_dataset
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["output_dir=/tmp/unused", *TINY_OVERRIDES, "seed=3"])
+    val = build_dataset(cfg.dataset, "val", transform=None)
+    return sum(int((val[i][1] != val.ignore_index).sum()) for i in range(len(val)))
+
+
 @pytest.mark.parametrize("loss", ["ce", "weighted_ce", "recall"])
 def test_each_core_loss_trains_end_to_end(sweep, loss):
     root, result = sweep
@@ -24,7 +37,14 @@ def test_each_core_loss_trains_end_to_end(sweep, loss):
     metrics = read_json(run / "metrics.json")
     assert set(metrics) >= {"mIoU", "mAcc", "aAcc", "mPrecision", "per_class", "iteration", "checkpoint"}
     assert metrics["iteration"] == 2
-    assert 0.0 <= metrics["mIoU"] <= 1.0 and 0.0 <= metrics["aAcc"] <= 1.0
+    # The summary values recomputed from the per-class rows (null: class absent, left out of the means),
+    # and every labelled validation pixel scored once.
+    rows = list(metrics["per_class"].values())
+    for summary, key in (("mIoU", "iou"), ("mAcc", "acc"), ("mPrecision", "precision")):
+        present = [row[key] for row in rows if row[key] is not None]
+        assert metrics[summary] == pytest.approx(sum(present) / len(present), rel=1e-12)
+    assert metrics["aAcc"] == pytest.approx(sum(row["acc"] * row["pixels"] for row in rows if row["pixels"]) / sum(row["pixels"] for row in rows))
+    assert sum(row["pixels"] for row in rows) == labelled_validation_pixels()
     assert set(metrics["per_class"]) == {"road", "sidewalk", "building", "sky", "vegetation", "car", "pedestrian", "traffic sign", "pole"}
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
