@@ -12,7 +12,7 @@ from recallseg.pipeline import build_dataset
 from recallseg.training.optim import build_optimizer, build_scheduler
 from recallseg.losses import LossContext, build_loss
 from recallseg.models import build_model
-from recallseg.schema import validate_train_config
+from recallseg.config.schema import validate_train_config
 
 # loss_protocol holds per-loss settings that train.yaml picks by ${protocol}_${loss}, never chosen directly.
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_") and p.name != "loss_protocol")

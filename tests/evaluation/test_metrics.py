@@ -91,8 +91,9 @@ def test_pixels_labelled_with_a_negative_ignore_index_are_not_scored():
 
 def test_evaluation_leaves_out_pixels_of_a_negative_ignore_index():
     """engine.evaluation with ignore_index=-1: only the labelled pixels enter the matrix."""
-    from recallseg.engine.evaluation import evaluate
-    from recallseg.engine.runtime import Normalizer, Runtime
+    from recallseg.evaluation.loop import evaluate
+    from recallseg.runtime.device import Runtime
+    from recallseg.runtime.normalize import Normalizer
 
     class Fixed(torch.nn.Module):  # predicts class 1 everywhere
         def forward(self, x):

@@ -14,10 +14,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES
-from recallseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from recallseg.engine.random_state import rng_state, set_rng_state
-from recallseg.engine.trainer import Trainer
-from recallseg.schema import validate_train_config
+from recallseg.checkpoints.format import load_checkpoint, save_checkpoint
+from recallseg.runtime.random_state import rng_state, set_rng_state
+from recallseg.training.trainer import Trainer
+from recallseg.config.schema import validate_train_config
 
 # 3 iterations, validated once at the end; dropout makes torch's random state matter, the EMA
 # recall loss carries state of its own.

@@ -18,11 +18,11 @@ import torch
 
 from conftest import TINY_OVERRIDES
 from model_checkpoints import write_checkpoint
-from recallseg.construct import build, check_trusted_object, transform_kinds
+from recallseg.config.construct import build, check_trusted_object, transform_kinds
 from recallseg.data.base import SegmentationDataset
 from recallseg.data.synthetic import CLASSES
-from recallseg.engine.checkpoint import CheckpointError
-from recallseg.engine.checkpoint_config import checkpoint_config
+from recallseg.checkpoints.format import CheckpointError
+from recallseg.checkpoints.stored_config import checkpoint_config
 from recallseg.errors import ConfigError
 
 
