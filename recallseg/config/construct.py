@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from hydra.utils import instantiate
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
 
+PACKAGE = Path(__file__).resolve().parents[1]  # recallseg/
 # What a stored config may name, by package; each must also be of the kind the section builds.
 TRUSTED_PACKAGES = ("recallseg", "segmentation_models_pytorch", "albumentations")
 
@@ -69,6 +71,17 @@ def check_untrusted_text(node: Any, where: str, named_by_user: set[str] = frozen
                 f"if you trust it, name it yourself for this run: {key.replace('[', '.').replace(']', '')}={target}"
                 if "[" not in key else "give the section on the command line for this run",
             )
+
+
+def raised_in_recallseg(error: BaseException) -> bool:
+    """Whether ``error`` was raised by recallseg's own code (its innermost frame is in the package).
+
+    recallseg reports a user's mistake as a ``UserError`` where it finds it; any other error from
+    its own code is a bug, which must keep its traceback rather than become "fix your config"."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
 
 
 def check_no_call_keys(node: Any, where: str) -> None:
@@ -231,10 +244,11 @@ def build(
         if not trusted:
             return call_tree(section, key, supplied)
         return instantiate({**section, **{"_convert_": "all"}}, **supplied)
-    except Exception as error:  # a constructor's own check (e.g. "3 weights for 4 classes"): the user's value
-        cause = error.__cause__ or error
-        if isinstance(cause, UserError):  # a one-line message of recallseg's own (a missing download, say)
+    except Exception as error:
+        cause = error.__cause__ or error  # Hydra wraps what the constructor raised
+        if isinstance(cause, UserError):  # recallseg's own one-line message (a bad value, a missing download)
             raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError)) and not raised_in_recallseg(cause):
+            # another library's constructor refusing the user's value (smp, albumentations, torch.optim)
             raise ConfigError(key, f"{section['_target_']}: {cause}", "fix the options in that section") from None
-        raise
+        raise cause from None  # anything else, and any error of recallseg's own code, is a bug: with its own traceback

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from recallseg.data.base import SegmentationDataset
+from recallseg.errors import ConfigError
 
 CLASSES = ("road", "sidewalk", "building", "sky", "vegetation", "car", "pedestrian", "traffic sign", "pole")
 PALETTE = (
@@ -68,9 +69,9 @@ class SyntheticStreets(SegmentationDataset):
     ):
         super().__init__(transform)
         if split not in SPLITS:
-            raise ValueError(f"SyntheticStreets split must be one of {sorted(SPLITS)}, got {split!r}")
+            raise ConfigError("dataset.split", f"SyntheticStreets has the splits {', '.join(sorted(SPLITS))}, got {split!r}")
         if height < 32 or width < 32:
-            raise ValueError(f"SyntheticStreets needs height and width >= 32, got {height}x{width}")
+            raise ConfigError("dataset.height", f"SyntheticStreets needs height and width >= 32, got {height}x{width}")
         self.split, self.height, self.width = split, int(height), int(width)
         self.length = {"train": num_train, "val": num_val, "test": num_test}[split]
         self.seed, self.noise, self.ignore_regions = int(seed), float(noise), bool(ignore_regions)

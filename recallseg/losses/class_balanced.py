@@ -9,6 +9,7 @@ from recallseg.losses.class_weights import class_weights_from_counts
 from recallseg.losses.fused.statistics import KERNEL
 from recallseg.losses.registry import LossContext
 from recallseg.losses.weighted_cross_entropy import BETA, NORMALIZE, WeightedCrossEntropyLoss
+from recallseg.errors import ConfigError
 
 
 class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
@@ -51,9 +52,9 @@ class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
     def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "ClassBalancedCrossEntropyLoss":
         options = dict(options)
         if context.class_pixel_counts is None:
-            raise ValueError(
-                "class_balanced needs the training split's class pixel counts; "
-                "build it through the trainer (a dataset) or use loss=weighted_ce with loss.weights=[...]"
+            raise ConfigError(
+                "loss", "class_balanced needs the training split's class pixel counts",
+                "build it through the trainer (a dataset) or use loss=weighted_ce with loss.weights=[...]",
             )
         beta = options.pop("beta", "auto")
         weights = class_weights_from_counts(context.class_pixel_counts(), mode="effective_number", beta=beta)

@@ -6,6 +6,7 @@ import math
 from typing import Sequence
 
 import torch
+from recallseg.errors import ConfigError, DatasetError
 
 WEIGHT_MODES = ("inverse", "median_count", "median_frequency", "effective_number")
 # ``median`` was the name of ``median_count`` before ``median_frequency`` existed.
@@ -16,12 +17,12 @@ def effective_number_beta(beta: float | str, counts: torch.Tensor) -> float:
     """``beta`` as a number: ``"auto"`` is ``(N - 1) / N`` with N the labelled training pixels."""
     if isinstance(beta, str):
         if beta != "auto":
-            raise ValueError(f"beta must be a number in [0, 1) or 'auto', got {beta!r}")
+            raise ConfigError("loss.beta", f"must be a number in [0, 1) or 'auto', got {beta!r}")
         total = float(counts.sum())
         return (total - 1.0) / total
     beta = float(beta)
     if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1) or 'auto', got {beta}")
+        raise ConfigError("loss.beta", f"must be in [0, 1) or 'auto', got {beta}")
     return beta
 
 
@@ -49,10 +50,10 @@ def class_weights_from_counts(
     """
     counts = torch.as_tensor(counts, dtype=torch.float64)
     if counts.ndim != 1 or (counts < 0).any():
-        raise ValueError(f"class pixel counts must be a 1-D list of non-negative numbers, got {counts.tolist()}")
+        raise DatasetError(f"class pixel counts must be a 1-D list of non-negative numbers, got {counts.tolist()}; recompute the class statistics")
     present = counts > 0
     if not present.any():
-        raise ValueError("every class has zero pixels in the training split; cannot derive class weights")
+        raise DatasetError("every class has zero pixels in the training split, so no class weights can be derived; check dataset.root and the labels")
     mode = RENAMED_MODES.get(mode, mode)
     safe = torch.where(present, counts, torch.ones_like(counts))
     if mode == "inverse":
@@ -61,13 +62,13 @@ def class_weights_from_counts(
         raw = counts[present].median() / safe
     elif mode == "median_frequency":
         if image_pixels is None:
-            raise ValueError(
+            raise DatasetError(
                 "median_frequency needs, per class, the labelled pixels of the training images containing it; "
-                "the class statistics give none (a statistics file from an older scripts/class_stats.py?): rewrite it"
+                "the class statistics give none (a statistics file from an older recallseg-class-stats?): rewrite it"
             )
         image_pixels = torch.as_tensor(image_pixels, dtype=torch.float64)
         if image_pixels.shape != counts.shape or (image_pixels < counts).any():
-            raise ValueError(f"image pixel totals {image_pixels.tolist()} must have one entry >= the pixel count per class")
+            raise DatasetError(f"image pixel totals {image_pixels.tolist()} must have one entry >= the pixel count per class; recompute the class statistics")
         freq = counts / torch.where(present, image_pixels, torch.ones_like(image_pixels))
         raw = freq[present].median() / torch.where(present, freq, torch.ones_like(freq))
     elif mode == "effective_number":
@@ -75,7 +76,7 @@ def class_weights_from_counts(
         # 1 - beta ** n computed as -expm1(n * log(beta)): exact even for beta within 1e-9 of 1.
         raw = (1.0 - beta) / -torch.expm1(counts * math.log(beta)) if beta > 0 else torch.ones_like(counts)
     else:
-        raise ValueError(f"unknown class weight mode {mode!r}; choose one of {WEIGHT_MODES}")
+        raise ConfigError("loss.mode", f"unknown class weight mode {mode!r}", f"choose one of {', '.join(WEIGHT_MODES)}")
     weights = torch.where(present, raw, torch.zeros_like(raw))
     weights = weights / weights[present].mean()
     return weights.to(torch.float32)

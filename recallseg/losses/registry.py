@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from recallseg.config.files import config_dir, group_options
-from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, resolved
+from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, raised_in_recallseg, resolved
 from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
 
@@ -217,4 +217,6 @@ def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str =
     except UserError:
         raise
     except (ValueError, TypeError) as error:
+        if raised_in_recallseg(error):  # recallseg refuses a user's value as a UserError; this is a bug
+            raise
         raise ConfigError(where, f"{section['_target_']}: {error}", "fix the loss options") from None

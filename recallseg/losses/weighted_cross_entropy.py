@@ -40,7 +40,7 @@ def read_weights_file(path: str | Path) -> list[float]:
     try:
         return [float(v) for v in values]
     except (TypeError, ValueError) as error:
-        raise ValueError(f"class weights file {path} must hold a list of numbers: {error}") from None
+        raise ConfigError("loss.weights_file", f"{path} must hold a list of numbers ({error})", "write a JSON list or one number per line") from None
 
 
 class WeightedCrossEntropyLoss(SegmentationLoss):
@@ -97,13 +97,13 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
             check_value("loss.weights_file", weights, replace(WEIGHTS, length=context.num_classes, null=False))
         if weights is None:
             if context.class_pixel_counts is None:
-                raise ValueError("weighted_ce needs class weights: give loss.weights, loss.weights_file, or train on a dataset")
+                raise ConfigError("loss", "weighted_ce needs class weights", "give loss.weights, loss.weights_file, or train on a dataset")
             if mode in RENAMED_MODES:
                 log.warning("loss.mode=%s is now called %s (median(n) / n_c); use that name", mode, RENAMED_MODES[mode])
             image_pixels = None
             if mode == "median_frequency":
                 if context.class_statistics is None:
-                    raise ValueError("weighted_ce mode median_frequency needs the training split's class statistics; train on a dataset")
+                    raise ConfigError("loss.mode", "median_frequency needs the training split's class statistics", "train on a dataset")
                 image_pixels = context.class_statistics().image_pixels
             weights = class_weights_from_counts(context.class_pixel_counts(), mode=mode, beta=beta, image_pixels=image_pixels)
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=list(map(float, weights)), **options)

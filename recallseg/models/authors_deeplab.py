@@ -47,7 +47,7 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from recallseg.errors import UserError
+from recallseg.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ class AuthorsResNetEncoder(ResNet, EncoderMixin):
 
     def __init__(self, out_channels: Sequence[int], depth: int = 5, output_stride: int = 16, multi_grid: Sequence[int] = MULTI_GRID):
         if depth != 5:
-            raise ValueError(f"the authors' encoder has depth 5, got {depth}")
+            raise ConfigError("model.encoder_depth", f"the authors' encoder has depth 5, got {depth}", "remove the key")
         if output_stride not in (16, 32):  # 32: smp's default request, meaning "as built"
-            raise ValueError(f"the authors' encoder has output stride 16, got {output_stride}")
+            raise ConfigError("model.encoder_output_stride", f"the authors' encoder has output stride 16, got {output_stride}", "remove the key")
         super().__init__(Bottleneck, [2, 2, 2, len(multi_grid)], replace_stride_with_dilation=[False, False, True])
         del self.fc
         del self.avgpool
@@ -87,7 +87,7 @@ class AuthorsResNetEncoder(ResNet, EncoderMixin):
     def make_dilated(self, output_stride: int) -> None:
         """The stride-16 multi-grid layout is built in; another output stride is not the authors' network."""
         if output_stride != 16:
-            raise ValueError(f"the authors' encoder has output stride 16, got {output_stride}")
+            raise ConfigError("model.encoder_output_stride", f"the authors' encoder has output stride 16, got {output_stride}", "remove the key")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [x]
@@ -169,9 +169,9 @@ class AuthorsDeepLabV3Plus(nn.Module):
     ):
         super().__init__()
         if encoder_weights is not None and encoder_weights not in WEIGHT_CHOICES:
-            raise ValueError(f"encoder_weights must be null or one of {list(WEIGHT_CHOICES)}, got {encoder_weights!r}")
+            raise ConfigError("model.encoder_weights", f"must be null or one of {list(WEIGHT_CHOICES)}, got {encoder_weights!r}")
         if len(tuple(atrous_rates)) != 3 or len(tuple(decoder_dropout)) != 2:
-            raise ValueError(f"atrous_rates takes 3 rates and decoder_dropout 2 rates, got {list(atrous_rates)} and {list(decoder_dropout)}")
+            raise ConfigError("model", f"atrous_rates takes 3 rates and decoder_dropout 2 rates, got {list(atrous_rates)} and {list(decoder_dropout)}")
         from segmentation_models_pytorch.encoders import get_encoder
 
         self.encoder = get_encoder(encoder_name, in_channels=3, depth=5, weights=None, output_stride=16)

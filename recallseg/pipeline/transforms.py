@@ -170,9 +170,9 @@ class RandomScaleCrop(A.DualTransform):
     ):
         super().__init__(p=1.0)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"RandomScaleCrop scale must be [min, max] with 0 < min <= max, got {scale}")
+            raise ConfigError("RandomScaleCrop.scale", f"must be [min, max] with 0 < min <= max, got {list(scale)}", "fix it in the transform's section")
         if scales is not None and (len(scales) == 0 or min(float(v) for v in scales) <= 0):
-            raise ValueError(f"RandomScaleCrop scales must be a non-empty list of positive factors, got {scales}")
+            raise ConfigError("RandomScaleCrop.scales", f"must be a non-empty list of positive factors, got {list(scales)}", "fix it in the transform's section")
         self.height, self.width = int(height), int(width)
         self.scale = (float(scale[0]), float(scale[1]))
         self.scales = None if scales is None else tuple(float(v) for v in scales)

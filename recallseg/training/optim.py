@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from recallseg.config.construct import accepted_options, build, locate, resolved
+from recallseg.errors import ConfigError
 
 
 def build_optimizer(
@@ -53,7 +54,7 @@ class PolySchedule:
 
     def __post_init__(self):
         if self.power < 0 or self.warmup_iters < 0 or not 0 <= self.warmup_ratio <= 1 or not 0 <= self.min_factor <= 1:
-            raise ValueError(f"power and warmup_iters must be >= 0, warmup_ratio and min_factor in [0, 1]; got {self}")
+            raise ConfigError("scheduler", f"power and warmup_iters must be >= 0, warmup_ratio and min_factor in [0, 1]; got {self}", "fix the scheduler options")
 
     def decay(self, iteration: int, max_iters: int) -> float:
         return max((1.0 - iteration / max_iters) ** self.power, self.min_factor) if iteration < max_iters else self.min_factor
