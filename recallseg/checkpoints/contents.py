@@ -6,7 +6,7 @@
   classes and palette, and the score that made it the best (with its iteration). No
   optimizer, scaler or random states, so it is about a third of ``last.pt`` for AdamW.
 
-Both load with ``torch.load(weights_only=True)`` (``engine.checkpoint``).
+Both load with ``torch.load(weights_only=True)`` (``checkpoints.format``).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def evaluate(
     """Run ``model`` over ``loader`` and return the (all-reduced) confusion matrix.
 
     ``predict(model, x)`` returns logits at the input size (whole-image inference by default;
-    see ``engine.inference.Inference``). Logits are resized to the mask's size before the
+    see ``evaluation.inference.Inference``). Logits are resized to the mask's size before the
     argmax, so a mask at the label's full resolution is scored at that resolution.
     ``on_prediction`` receives each sample's prediction (to save it, say); it needs
     ``collate_evaluation`` batches, which carry the dataset indices. Nothing here
@@ -70,7 +70,7 @@ def evaluate(
             matrix.update(prediction, target)
             if on_prediction is not None:
                 if indices is None:
-                    raise ValueError("on_prediction needs batches from engine.evaluation_data.collate_evaluation (with dataset indices)")
+                    raise ValueError("on_prediction needs batches from evaluation.samples.collate_evaluation (with dataset indices)")
                 for row, index in enumerate(indices):
                     on_prediction(prediction[row], index, batch)
     matrix.all_reduce()

@@ -12,7 +12,7 @@ Formats (``predictions.format``):
   image (``frankfurt_000000_000019_leftImg8bit.png``).
 
 A file's name is the sample's image path relative to the dataset's image folder, extension
-``.png`` (``evaluation_data.sample_names``). Saving copies each prediction to the host: it is
+``.png`` (``evaluation.samples.sample_names``). Saving copies each prediction to the host: it is
 opt-in (``predictions.save=true``) and the only host synchronisation of an evaluation.
 """
 

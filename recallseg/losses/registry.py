@@ -55,7 +55,7 @@ class LossContext:
     ignore_index: int = 255
     # Returns per-class pixel counts of the *training* split (computed once and cached).
     class_pixel_counts: Callable[[], torch.Tensor] | None = None
-    # Returns the training split's ``data.statistics.ClassStatistics`` (pixel counts and, per
+    # Returns the training split's ``pipeline.class_statistics.ClassStatistics`` (pixel counts and, per
     # class, the labelled pixels of the images containing it); gives ``class_pixel_counts`` too.
     class_statistics: Callable[[], Any] | None = None
 

@@ -2,7 +2,7 @@
 
 Batch schedulers, ``timeout`` and systemd signal the whole process group: the training
 process and its DataLoader workers alike. The workers ignore both signals
-(``data.loading.worker_init``), so they keep serving batches; the training process only
+(``pipeline.loaders.worker_init``), so they keep serving batches; the training process only
 remembers the signal (:class:`StopSignal`) and the loop asks :class:`StopAgreement` after every
 step and every validation batch whether to stop. A stop during validation abandons it
 (:class:`StopRequested`); the loop then saves ``last.pt`` and exits with 128 + the signal's

@@ -1,8 +1,8 @@
 """Building a training run's parts from the validated config (one place, one mechanism).
 
 Every part is named by its section's ``_target_`` and built through ``recallseg.config.construct``:
-datasets (``data.builder``), the model (``models.builder``), the loss (``losses.registry``),
-the optimizer and the schedule (``engine.optim``).
+datasets (``pipeline.builder``), the model (``models.builder``), the loss (``losses.registry``),
+the optimizer and the schedule (``training.optim``).
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ class Trainer(CheckpointPolicy):
             score = metrics[self.monitor]
             if math.isfinite(score) and score > self.best_score:
                 # best.pt first: were the run killed in between, last.pt would still hold the former best
-                # score (never one that no best.pt holds), and the resume reads best.pt's (resume_choice)
+                # score (never one that no best.pt holds), and the resume reads best.pt's (checkpoints.resume)
                 self.best_score = score
                 self._save("best.pt", rng_per_rank)
                 log.info("new best %s %.4f: saved best.pt", self.monitor, score)
