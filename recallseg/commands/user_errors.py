@@ -13,6 +13,7 @@ import traceback
 from typing import Iterator
 
 from recallseg.errors import UserError
+from recallseg.runtime.versions import check_torch_pair
 from recallseg.training.log import write_to_run_log
 
 
@@ -38,10 +39,12 @@ def one_line(error: BaseException) -> str:
 @contextlib.contextmanager
 def user_errors(log_to_run: bool = False) -> Iterator[None]:
     """Print a UserError, or an OS error about a file the OS names (missing, unreadable, not writable),
-    as one line; exit 2. Everything else is a bug and keeps its traceback."""
+    as one line; exit 2. Everything else is a bug and keeps its traceback. Every command runs under
+    it, so it first checks that torch and torchvision belong together."""
     from recallseg.checkpoints.resume import RunRefused
 
     try:
+        check_torch_pair()
         yield
     except (UserError, OSError) as error:
         if not isinstance(error, UserError) and getattr(error, "filename", None) is None:
