@@ -20,9 +20,9 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from recallseg.atomic_files import check_output_location
 from recallseg.config.compose import CONFIG_PATH, compose_checked, runs_a_job
 from recallseg.commands.user_errors import user_errors
-from recallseg.atomic_files import check_output_location
 from recallseg.pipeline.builder import build_dataset, dataset_locations
 from recallseg.pipeline.class_statistics import class_statistics, write_statistics
 

@@ -90,7 +90,8 @@ class FrameCache:
             shapes = np.array([_frame_shape(dataset, i) for i in range(len(dataset))], dtype=np.int64).reshape(-1, 2)
             cache = cls(directory, shapes, dataset.mask_dtype())
             cache._create(signature)
-        with open(directory / "filled.bin", "r+b"):  # every load marks frames filled: a cache that is read-only fails here, not in a worker
+        # Loads mark frames filled: a read-only cache fails here, at the start, not in a loader worker.
+        with open(directory / "filled.bin", "r+b"):
             pass
         return cache
 
@@ -105,15 +106,19 @@ class FrameCache:
             )  # fmt: skip
         staging = parent / f".{self.directory.name}.{uuid.uuid4().hex[:8]}.tmp"
         staging.mkdir()
-        for name, size in (
-            ("images.bin", int(self.image_offsets[-1])),
-            ("masks.bin", int(self.mask_offsets[-1]) * self.mask_dtype.itemsize),
-            ("filled.bin", len(self.shapes)),
-        ):
-            with open(staging / name, "wb") as f:
-                f.truncate(max(size, 1))  # sparse: no disk used until written
-        meta = {"shapes": self.shapes.tolist(), "mask_dtype": self.mask_dtype.str, "signature": signature}
-        (staging / "meta.json").write_text(json.dumps(meta, default=str))
+        try:
+            for name, size in (
+                ("images.bin", int(self.image_offsets[-1])),
+                ("masks.bin", int(self.mask_offsets[-1]) * self.mask_dtype.itemsize),
+                ("filled.bin", len(self.shapes)),
+            ):
+                with open(staging / name, "wb") as f:
+                    f.truncate(max(size, 1))  # sparse: no disk used until written
+            meta = {"shapes": self.shapes.tolist(), "mask_dtype": self.mask_dtype.str, "signature": signature}
+            (staging / "meta.json").write_text(json.dumps(meta, default=str))
+        except OSError:  # a half-made cache is never left for the next run to find
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         try:
             os.rename(staging, self.directory)
         except OSError:  # another process created it first: use theirs
