@@ -30,6 +30,20 @@ class DatasetError(UserError, ValueError):
     """A dataset on disk is not what recallseg expects; the message says which file and why."""
 
 
+class OutputError(UserError, OSError):
+    """An output file could not be written (full disk, read-only, a file where a folder should be).
+
+    Still an ``OSError`` with the failed write's ``errno``, so a caller can tell a full disk from
+    the rest; ``filename`` is the output the user asked for, never its temporary."""
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None):
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def nearest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate most like ``name`` (for "did you mean" hints), or None."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

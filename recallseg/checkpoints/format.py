@@ -86,6 +86,12 @@ def out_of_space(error: BaseException, path: Path, state: dict[str, Any]) -> Che
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a recallseg checkpoint safely, with a clear error for anything else."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.relative_to(path).as_posix() for p in [*path.glob("*.pt"), *path.glob("checkpoints/*.pt")])
+        raise CheckpointError(
+            f"checkpoint {path} is a folder, not a checkpoint file; give the file"
+            + (f", e.g. {path / inside[0]} (it holds {', '.join(inside[:4])})" if inside else ", e.g. <run dir>/checkpoints/best.pt")
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (expected e.g. <run dir>/checkpoints/best.pt)")
     try:

@@ -20,9 +20,10 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from recallseg.atomic_files import check_output_location
 from recallseg.config.compose import CONFIG_PATH, compose_checked, runs_a_job
 from recallseg.commands.user_errors import user_errors
-from recallseg.pipeline.builder import build_dataset
+from recallseg.pipeline.builder import build_dataset, dataset_locations
 from recallseg.pipeline.class_statistics import class_statistics, write_statistics
 
 
@@ -30,6 +31,7 @@ def class_stats(cfg: DictConfig) -> dict[str, Any]:
     """Count the pixels of each class in ``cfg.split`` (default: the training split); write ``cfg.output``."""
     dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     split = cfg.split or dataset_cfg.get("train_split", "train")
+    check_output_location("output", cfg.output, reads=dataset_locations(dataset_cfg), file=True)
     dataset = build_dataset(dataset_cfg, split, transform=None)  # the labels themselves: no augmentation
     stats = class_statistics(dataset, dataset.num_classes, dataset.ignore_index, num_workers=int(cfg.num_workers))
     counts = stats.pixel_counts

@@ -25,6 +25,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from recallseg.atomic_files import atomic_write
+
 MAIN_METRICS = ("mIoU", "mAcc", "mPrecision", "aAcc")
 
 
@@ -105,9 +107,10 @@ def summarize(sweep_dir: Path, rows: list[dict]) -> str:
         for loss in losses:
             lines.append(f"| {loss} | " + " | ".join(fmt([r["per_class"][c][key] for r in by_loss[loss]]) for c in classes) + " |")
     markdown = "\n".join(lines) + "\n"
-    (sweep_dir / "comparison.md").write_text(markdown)
+    with atomic_write(sweep_dir / "comparison.md") as handle:
+        handle.write(markdown)
 
-    with open(sweep_dir / "comparison.csv", "w", newline="") as handle:
+    with atomic_write(sweep_dir / "comparison.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         header = ["loss", "seed", "iterations", *MAIN_METRICS]
         for c in classes:
@@ -148,8 +151,11 @@ def plot(path: Path, losses: list[str], by_loss: dict, classes: list[str]) -> No
     axes[1].set_title("per-class accuracy (recall)")
     axes[1].legend(loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def parser() -> argparse.ArgumentParser:

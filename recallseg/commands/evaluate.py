@@ -27,6 +27,12 @@ def split_eval_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
     return own, stored
 
 
+def given(argv: Sequence[str], key: str) -> str | None:
+    """The value the command line gives ``key`` (the last one), or None."""
+    values = [arg.split("=", 1)[1] for arg in argv if "=" in arg and arg.split("=", 1)[0].lstrip("+") == key]
+    return values[-1] if values else None
+
+
 def run_evaluation(cfg: DictConfig, stored_overrides: Sequence[str] = ()) -> float:
     """The evaluation task: score ``cfg.checkpoint``; returns its mIoU (for Hydra sweepers)."""
     from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
@@ -38,15 +44,21 @@ def run_evaluation(cfg: DictConfig, stored_overrides: Sequence[str] = ()) -> flo
 
 def eval_main() -> None:
     """``python evaluate.py checkpoint=... [key=value ...]`` and ``recallseg-eval ...``."""
+    from omegaconf import OmegaConf
+
     from recallseg.checkpoints.stored_config import checkpoint_config
     from recallseg.config.schema import validate_eval_config
+    from recallseg.evaluation.score_checkpoint import check_evaluation_outputs
 
     own, stored = split_eval_arguments(sys.argv[1:])
     if runs_a_job(own):
         with user_errors():
             eval_cfg = compose_checked("eval", own)
             validate_eval_config(eval_cfg)
-            checkpoint_config(eval_cfg.checkpoint, stored)
+            _, stored_cfg, _ = checkpoint_config(eval_cfg.checkpoint, stored)
+            # Before Hydra makes the run directory: a refused location is left as it was.
+            predictions = {"predictions": OmegaConf.to_container(eval_cfg.predictions, resolve=True)}
+            check_evaluation_outputs(predictions, stored_cfg["dataset"], given(own, "output_dir") or given(own, "hydra.run.dir"))
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
     def evaluation_app(cfg: DictConfig) -> float:

@@ -17,6 +17,10 @@ DeepLabV3+ at output stride 16). By default it is the bare network: input ``imag
 
 The checkpoint's stored config is data: the network is rebuilt from it the way evaluation
 does (only recallseg / segmentation-models-pytorch classes, no weight download).
+
+``output`` is checked before the checkpoint is read (a folder, a place that cannot be written,
+the checkpoint itself are refused), and written atomically: an export that fails, for a full
+disk say, leaves an existing ``model.onnx`` as it was.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from recallseg.atomic_files import atomic_path, check_output_location
 from recallseg.checkpoints.model import CheckpointModel
 from recallseg.commands.common import ToolError, exit_code, parse_options, wants_help
 from recallseg.runtime.device import Runtime
@@ -68,13 +73,13 @@ def export_onnx(module: DeployedNetwork, output: Path, opset: int = OPSET) -> Pa
     spatial = {0: "batch", 1: "height", 2: "width"} if module.raw_input else {0: "batch", 2: "height", 3: "width"}
     out_name = "labels" if module.argmax else "logits"
     out_axes = {0: "batch", 1: "height", 2: "width"} if module.argmax else {0: "batch", 2: "height", 3: "width"}
-    output.parent.mkdir(parents=True, exist_ok=True)
     import warnings
 
-    with torch.no_grad(), warnings.catch_warnings():
+    # A deployed model.onnx is replaced whole or not at all: the exporter writes in place.
+    with torch.no_grad(), warnings.catch_warnings(), atomic_path(output) as temporary:
         warnings.simplefilter("ignore")  # the exporter's tracer warnings are about Python-side shape checks
         torch.onnx.export(
-            module, (example_input(module.raw_input),), str(output), input_names=["images"], output_names=[out_name],
+            module, (example_input(module.raw_input),), str(temporary), input_names=["images"], output_names=[out_name],
             dynamic_axes={"images": spatial, out_name: out_axes}, opset_version=opset, dynamo=False,
         )  # fmt: skip
     return output
@@ -92,6 +97,7 @@ def export(cfg) -> Path:
     output = Path(cfg.output)
     if output.suffix.lower() != ".onnx":
         raise ToolError(f"output={output}: the file name must end in .onnx")
+    check_output_location("output", output, reads=[("checkpoint", cfg.checkpoint)], file=True)
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError:

@@ -4,10 +4,15 @@
     recallseg-predict checkpoint=best.pt input=street.jpg output=out/ inference.mode=slide inference.flip=true
 
 ``input`` is an image file or a folder (searched recursively) of images in any format and
-size OpenCV reads; files it cannot decode are skipped with a warning. For every image
+size OpenCV reads; files it cannot decode (corrupt, not images, over OpenCV's pixel limit) are
+skipped and named in one warning line. For every image
 ``output/color/<name>.png`` (palette colours) and ``output/overlay/<name>.png`` (colours over
 the image) are written, ``<name>`` being the file's path without its extension (with it, for
 files that would otherwise share a name: ``a.jpg.png`` and ``a.png.png``); ``formats=[color,overlay,index]`` picks others (``index``: class ids).
+
+``output`` is refused before the model loads when it is a file or cannot be written, or when
+a format folder is, lies inside or holds ``input``; each PNG is written atomically (a full disk
+leaves no partial file).
 
 Options (key=value): ``device`` (auto | cpu | cuda), ``amp`` (auto | bf16 | fp16 | off),
 ``alpha`` (overlay opacity), ``inference.*`` as in configs/eval.yaml (mode, crop_size, stride,
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from recallseg.atomic_files import check_output_location
 from recallseg.checkpoints.model import CheckpointModel
 from recallseg.commands.common import ToolError, exit_code, parse_options, wants_help
 
@@ -59,6 +65,15 @@ def find_images(path: Path) -> list[tuple[Path, str]]:
     return list(zip(files, names))
 
 
+def check_output_folders(cfg) -> None:
+    """Refuse, before the model loads, an output that is a file or cannot be written, and format
+    folders that are, lie inside or hold the input (a prediction could replace an image)."""
+    output = Path(cfg.output)
+    check_output_location("output", output)
+    for fmt in cfg.formats:
+        check_output_location("output", output / str(fmt), reads=[("input", cfg.input)])
+
+
 def predict(cfg) -> list[Path]:
     import torch
 
@@ -69,6 +84,7 @@ def predict(cfg) -> list[Path]:
     from recallseg.runtime.normalize import Normalizer
 
     images = find_images(Path(cfg.input))
+    check_output_folders(cfg)
     settings = InferenceSettings.from_config(OmegaConf.to_container(cfg.inference, resolve=True))
     loaded = CheckpointModel(cfg.checkpoint, cfg.device, cfg.amp)
     runtime, model, classes = loaded.runtime, loaded.model, loaded.classes
@@ -85,8 +101,7 @@ def predict(cfg) -> list[Path]:
             except DatasetError as error:
                 if len(images) == 1:
                     raise
-                skipped.append(f"{file.name} ({str(error).split(': ', 1)[-1]})")
-                print(f"warning: skipped {file}: {error}", file=sys.stderr)
+                skipped.append(f"{file.relative_to(cfg.input)} ({str(error).split(': ', 1)[-1]})")
                 continue
             x = normalizer(torch.from_numpy(image)[None])
             with runtime.autocast():
@@ -94,12 +109,14 @@ def predict(cfg) -> list[Path]:
             prediction = prediction.cpu()
             for writer in writers:
                 written.append(writer.write(prediction, index, image))
+    listed = "; ".join(skipped[:5]) + (f"; ... and {len(skipped) - 5} more" if len(skipped) > 5 else "")
     if skipped and len(skipped) == len(images):
-        listed = "; ".join(skipped[:5]) + (f"; ... and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         raise ToolError(
             f"no readable image in {cfg.input}: {len(skipped)} file(s), none decodable by OpenCV ({listed}). "
             "Give a folder holding PNG, JPEG, BMP, TIFF or WebP images."
         )
+    if skipped:
+        print(f"warning: skipped {len(skipped)} of {len(images)} file(s) in {cfg.input} that OpenCV cannot decode: {listed}", file=sys.stderr)
     print(f"{len(images) - len(skipped)} image(s) -> {', '.join(str(w.directory) for w in writers)}")
     return written
 

@@ -28,7 +28,17 @@ def _imread(path: Path, flags: int) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise DatasetError(f"cannot decode {path}: the file is empty")
-    array = cv2.imdecode(data, flags)
+    try:
+        array = cv2.imdecode(data, flags)
+    except cv2.error as error:  # OpenCV refuses rather than returns None, e.g. over its pixel limit
+        reason = " ".join(str(error).split())
+        if "CV_IO_MAX_IMAGE" in reason:
+            raise DatasetError(
+                f"cannot decode {path}: the image is larger than OpenCV decodes (its check "
+                f"{reason.rsplit(') ', 1)[-1].split(' in function')[0]} failed); raise the limit with the environment "
+                "variable OPENCV_IO_MAX_IMAGE_PIXELS (and OPENCV_IO_MAX_IMAGE_WIDTH, OPENCV_IO_MAX_IMAGE_HEIGHT)"
+            ) from None
+        raise DatasetError(f"cannot decode {path}: OpenCV refuses it ({reason})") from None
     if array is None:
         raise DatasetError(f"cannot decode {path}: unreadable or corrupt image file ({data.size} bytes)")
     return array

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from recallseg.atomic_files import atomic_write
+
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     """Distinct colours for datasets without a palette: hues spaced by the golden ratio."""
@@ -100,7 +102,9 @@ def save_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
                     ax.text(p, t, f"{100 * v:.0f}", ha="center", va="center", fontsize=6, color="white" if v > 0.5 else "black")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return path

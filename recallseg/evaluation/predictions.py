@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from recallseg.atomic_files import atomic_write
 from recallseg.data.cityscapes import CLASSES as CITYSCAPES_CLASSES
 from recallseg.data.cityscapes import train_ids_to_label_ids
 from recallseg.config.schema import PREDICTIONS, check_value
@@ -102,14 +103,15 @@ class PredictionWriter:
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write an HxW (ids) or HxWx3 RGB array as PNG, creating folders; raises naming the file on failure."""
+    """Write an HxW (ids) or HxWx3 RGB array as PNG, creating folders, atomically: a failed write
+    leaves no partial PNG and raises an ``OutputError`` naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
     ok, encoded = cv2.imencode(".png", data)
     if not ok:
-        raise OSError(f"cannot encode a PNG for {path}")
-    encoded.tofile(str(path))  # tofile: also works for non-ASCII paths
+        raise ValueError(f"cannot encode a PNG for {path} from a {array.dtype} array of shape {array.shape}")
+    with atomic_write(path, "wb") as handle:
+        handle.write(encoded.tobytes())
     return path
 
 

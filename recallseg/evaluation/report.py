@@ -1,4 +1,5 @@
-"""The files a training or evaluation run leaves in its directory.
+"""The files a training or evaluation run leaves in its directory, each written atomically
+(``atomic_files``): a failed write keeps the previous file and leaves no partial one.
 
 - ``metrics.json``: the schema of training runs (mIoU, mAcc, aAcc, mPrecision, per_class,
   iteration, checkpoint) plus the split, the inference settings and the evaluation options;
@@ -40,8 +41,7 @@ def write_metrics_json(path: str | Path, metrics: dict, **extra: Any) -> None:
 def write_per_class_csv(path: str | Path, metrics: dict) -> Path:
     """``class,iou,acc,precision,pixels`` rows (fractions in [0, 1]; n/a values left empty)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(PER_CLASS_COLUMNS)
         for name, row in metrics["per_class"].items():
@@ -52,7 +52,7 @@ def write_per_class_csv(path: str | Path, metrics: dict) -> Path:
 
 def write_confusion_csv(path: str | Path, matrix: np.ndarray, class_names: Sequence[str]) -> Path:
     path = Path(path)
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["ground truth \\ prediction", *class_names])
         for name, row in zip(class_names, np.asarray(matrix).tolist()):

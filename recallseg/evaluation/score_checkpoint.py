@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 
-from recallseg.pipeline.builder import build_dataset
+from recallseg.atomic_files import check_output_location
+from recallseg.pipeline.builder import build_dataset, dataset_locations
 from recallseg.evaluation.metrics import format_table, metrics_from_confusion
 from recallseg.checkpoints.model import check_classes, model_from_checkpoint
 from recallseg.checkpoints.stored_config import checkpoint_config
@@ -26,7 +27,19 @@ from recallseg.runtime.normalize import Normalizer
 
 log = logging.getLogger("recallseg")
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["check_evaluation_outputs", "evaluate_checkpoint"]
+
+
+def check_evaluation_outputs(ecfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any], output_dir: str | Path | None) -> None:
+    """Refuse, before any work, a report folder or predictions folder that is, lies inside or holds
+    the dataset being scored (a prediction would replace its files), is a file, or cannot be written.
+    ``output_dir`` None: not known yet (Hydra's default run directory), only ``predictions.dir`` is checked."""
+    reads = dataset_locations(dataset_cfg)
+    if output_dir is not None:
+        check_output_location("output_dir", output_dir, reads)
+    predictions = ecfg["predictions"]
+    if predictions["save"] and (predictions["dir"] or output_dir is not None):
+        check_output_location("predictions.dir", predictions["dir"] or Path(output_dir) / "predictions", reads)
 
 
 def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
@@ -37,6 +50,8 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     ecfg = OmegaConf.to_container(eval_cfg, resolve=True)
     settings = InferenceSettings.from_config(ecfg["inference"])
     evaluation, pcfg = ecfg["evaluation"], ecfg["predictions"]
+    out = Path(ecfg["output_dir"])
+    check_evaluation_outputs(ecfg, stored["dataset"], out)
     trainer = stored.get("trainer", {})
     runtime = init_runtime(trainer.get("device", "auto"), trainer.get("amp", "auto"), trainer.get("channels_last", "auto"))
     split = stored["dataset"].get("split", "val")
@@ -44,7 +59,6 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     classes = list(dataset.classes)
     check_classes(state, classes, checkpoint_path, f"dataset {type(dataset).__name__} ({split} split)")
     model = model_from_checkpoint(state, stored, len(classes), runtime, checkpoint_path, named)
-    out = Path(ecfg["output_dir"])
     writer = None
     if pcfg["save"]:
         writer = PredictionWriter(

@@ -7,7 +7,8 @@ argument, except the reserved keys below, which the builder consumes:
 - ``split``: the split that evaluation scores (``val`` by default, ``test`` possible);
 - ``train_split`` / ``val_split``: the splits that training uses and validates on (``train``, ``val``);
 - ``stats_file``: class statistics JSON (``recallseg-class-stats``) used instead of computing counts;
-- ``cache``: true to keep decoded frames in a memory-mapped cache (see ``cache.py``);
+- ``cache``: true to keep decoded frames in a memory-mapped cache (see ``cache.py``; a cache
+  folder that cannot be written is a warning, and the frames are decoded every time);
 - ``cache_dir``: where the cache lives (``$RECALLSEG_CACHE`` or ``.cache/recallseg``);
 - ``size_divisor``: the model's output stride (e.g. 32): fixed crop/resize sizes must be
   multiples of it, and a pipeline with a frame-dependent output size is padded to one
@@ -16,6 +17,8 @@ argument, except the reserved keys below, which the builder consumes:
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,11 +27,12 @@ from recallseg.config.construct import build
 from recallseg.config.schema import DATASET_RESERVED
 from recallseg.errors import ConfigError
 from recallseg.data.base import SegmentationDataset
-from recallseg.pipeline.cache import CachedDataset
+from recallseg.pipeline.cache import CachedDataset, default_cache_dir
 from recallseg.pipeline.transforms import build_transform
 
 # The class and the keys the builder consumes; the rest are constructor arguments.
 RESERVED_KEYS = ("_target_", *DATASET_RESERVED)
+log = logging.getLogger("recallseg")
 
 
 def dataset_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,6 +40,18 @@ def dataset_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     return {key: value for key, value in cfg.items() if key not in RESERVED_KEYS}
+
+
+def dataset_locations(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, path)`` of the folders the dataset of ``cfg`` reads: ``dataset.root`` and its
+    ``*_dir`` options (relative ones under the root), for refusing outputs written over them."""
+    options = dataset_options(cfg)
+    root = options.get("root")
+    found = [("dataset.root", str(root))] if root else []
+    for key, value in options.items():
+        if key.endswith("_dir") and isinstance(value, str) and value:
+            found.append((f"dataset.{key}", str(Path(str(root or "")) / value)))
+    return found
 
 
 def build_dataset(
@@ -63,7 +79,13 @@ def build_dataset(
     section = {"_target_": cfg["_target_"], **options}
     dataset = build(section, "dataset", kind=SegmentationDataset, trusted=trusted, named_by_user=named_by_user, split=split, transform=None)
     if cfg.get("cache", False):
-        dataset = CachedDataset(dataset, cfg.get("cache_dir"))
+        try:
+            dataset = CachedDataset(dataset, cfg.get("cache_dir"))
+        except OSError as error:  # only a speed-up: the run goes on decoding every frame
+            log.warning(
+                "the frame cache cannot be written in dataset.cache_dir=%s (%s): frames are decoded every time; "
+                "choose a writable dataset.cache_dir to cache them", cfg.get("cache_dir") or default_cache_dir(), _reason(error),
+            )
     if transform == "auto":
         key = "train_transform" if train else "val_transform"
         transform = build_transform(
@@ -72,6 +94,10 @@ def build_dataset(
         )
     dataset.transform = transform
     return dataset
+
+
+def _reason(error: OSError) -> str:
+    return f"{error.strerror}: {error.filename}" if error.strerror and error.filename else " ".join(str(error).split())
 
 
 def _round_to(value: int, divisor: int) -> int:

@@ -13,7 +13,9 @@ determines the frames (class, options, file paths, sizes and modification times)
 data or the options makes a new cache, never a stale read. Several processes (DataLoader
 workers, one per GPU) share one cache: the files are created once, atomically, and each frame
 slot is written before its "filled" flag. The files are sparse until filled; the disk space
-needed is checked up front.
+needed is checked up front (too little is a ``ConfigError`` giving both sizes). A cache folder
+that cannot be written (read-only, under a file) is an ``OSError`` from ``FrameCache.open``;
+``build_dataset`` then warns and reads the dataset uncached, the cache being only a speed-up.
 
 Enable it from config with ``dataset.cache=true`` (and ``dataset.cache_dir=...``).
 """
@@ -30,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from recallseg.atomic_files import human_size
 from recallseg.data.base import CompactFrames, SegmentationDataset
 from recallseg.data.masks import to_mask_dtype
+from recallseg.errors import ConfigError
 
 DEFAULT_CACHE_DIR = ".cache/recallseg"
 FORMAT_VERSION = 1
@@ -81,10 +85,14 @@ class FrameCache:
         meta_path = directory / "meta.json"
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            return cls(directory, np.array(meta["shapes"]), np.dtype(meta["mask_dtype"]))
-        shapes = np.array([_frame_shape(dataset, i) for i in range(len(dataset))], dtype=np.int64).reshape(-1, 2)
-        cache = cls(directory, shapes, dataset.mask_dtype())
-        cache._create(signature)
+            cache = cls(directory, np.array(meta["shapes"]), np.dtype(meta["mask_dtype"]))
+        else:
+            shapes = np.array([_frame_shape(dataset, i) for i in range(len(dataset))], dtype=np.int64).reshape(-1, 2)
+            cache = cls(directory, shapes, dataset.mask_dtype())
+            cache._create(signature)
+        # Loads mark frames filled: a read-only cache fails here, at the start, not in a loader worker.
+        with open(directory / "filled.bin", "r+b"):
+            pass
         return cache
 
     def _create(self, signature: dict[str, Any]) -> None:
@@ -92,21 +100,25 @@ class FrameCache:
         parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(parent).free
         if self.nbytes > free:
-            raise OSError(
-                f"the frame cache needs {self.nbytes / 2**30:.1f} GiB but {parent} has {free / 2**30:.1f} GiB free: "
-                "set dataset.cache_dir= to a larger disk, or dataset.cache=false"
-            )
+            raise ConfigError(
+                "dataset.cache_dir", f"the frame cache of {len(self.shapes)} frames needs {human_size(self.nbytes)} but {parent} has "
+                f"{human_size(free)} free", "set dataset.cache_dir= to a larger disk, or dataset.cache=false",
+            )  # fmt: skip
         staging = parent / f".{self.directory.name}.{uuid.uuid4().hex[:8]}.tmp"
         staging.mkdir()
-        for name, size in (
-            ("images.bin", int(self.image_offsets[-1])),
-            ("masks.bin", int(self.mask_offsets[-1]) * self.mask_dtype.itemsize),
-            ("filled.bin", len(self.shapes)),
-        ):
-            with open(staging / name, "wb") as f:
-                f.truncate(max(size, 1))  # sparse: no disk used until written
-        meta = {"shapes": self.shapes.tolist(), "mask_dtype": self.mask_dtype.str, "signature": signature}
-        (staging / "meta.json").write_text(json.dumps(meta, default=str))
+        try:
+            for name, size in (
+                ("images.bin", int(self.image_offsets[-1])),
+                ("masks.bin", int(self.mask_offsets[-1]) * self.mask_dtype.itemsize),
+                ("filled.bin", len(self.shapes)),
+            ):
+                with open(staging / name, "wb") as f:
+                    f.truncate(max(size, 1))  # sparse: no disk used until written
+            meta = {"shapes": self.shapes.tolist(), "mask_dtype": self.mask_dtype.str, "signature": signature}
+            (staging / "meta.json").write_text(json.dumps(meta, default=str))
+        except OSError:  # a half-made cache is never left for the next run to find
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         try:
             os.rename(staging, self.directory)
         except OSError:  # another process created it first: use theirs

@@ -152,7 +152,11 @@ def cached_class_statistics(
                 torch.tensor(counts, dtype=torch.int64), torch.tensor(image_pixels, dtype=torch.int64), f"cache {cache_file}"
             )
     stats = class_statistics(dataset, dataset.num_classes, dataset.ignore_index, num_workers)
-    write_statistics(cache_file, dataset, stats, split, dataset_cfg)
+    try:
+        write_statistics(cache_file, dataset, stats, split, dataset_cfg)
+    except OSError as error:  # the statistics are computed; the cache only saves the next run that work
+        log.warning("class statistics not cached, the next run computes them again: %s", " ".join(str(error).split()))
+        return stats
     log.info("class statistics of the %s split %s, written to the cache %s", split, stats.source, cache_file)
     return ClassStatistics(stats.pixel_counts, stats.image_pixels, f"{stats.source}, cached in {cache_file}")
 

@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "recallseg"
 
 # Bottom to top; packages on one line may not import each other.
 LAYERS = [
-    {"errors", "atomic_files"},
+    {"errors"},
+    {"atomic_files"},
     {"config"},
     {"runtime", "data", "models", "losses"},
     {"pipeline", "checkpoints"},

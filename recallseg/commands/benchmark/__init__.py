@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from recallseg.atomic_files import atomic_write
 from recallseg.commands.benchmark.data import data_section
 from recallseg.commands.benchmark.inference import inference_section
 from recallseg.commands.benchmark.losses import CONFIGS, loss_section
@@ -48,8 +49,8 @@ SECTIONS = ("step", "loss", "data", "inference")
 
 
 def write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(result, indent=2))
     print(f"wrote {path}")
 
 
