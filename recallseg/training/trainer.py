@@ -31,6 +31,7 @@ from recallseg.training.build import build_training, describe_parts, freeze_batc
 from recallseg.training.checkpointing import CheckpointPolicy
 from recallseg.training.cuda_graph import GraphedStep
 from recallseg.training.log import TrainingLogger, TrainingWindow, console_loggers, log_metrics, write_to_run_log
+from recallseg.training.run_record import RunClock, log_end, log_record, training_record
 from recallseg.training.tensorboard_images import ValidationPictures, trainer_predictor
 
 log = logging.getLogger("recallseg")
@@ -68,6 +69,8 @@ class Trainer(CheckpointPolicy):
         self.logger: TrainingLogger | None = None  # rank 0, once fit() starts
         self.window: TrainingWindow | None = None
         self._bar = None
+        self.run_record: dict[str, Any] | None = None  # rank 0, once fit() starts: stored in every checkpoint
+        self._clock = RunClock()
         # Validation scores exactly as evaluate.py does (evaluation.samples), with cfg.inference.
         self.validation_samples = evaluation_samples(cfg.dataset, self.val_set, cfg.evaluation.full_resolution)
         self.inference = Inference(InferenceSettings.from_config(cfg.inference))
@@ -91,6 +94,7 @@ class Trainer(CheckpointPolicy):
     def fit(self) -> dict:
         cfg, tcfg, runtime = self.cfg, self.cfg.trainer, self.runtime
         resumed = self.choose_start()
+        self._clock = RunClock(self.iteration)
         bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True, disable=not runtime.is_main)
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -103,6 +107,8 @@ class Trainer(CheckpointPolicy):
                 "device %s, precision %s, channels_last %s, %d training / %d validation images, %d classes",
                 runtime.device, runtime.amp_dtype or "float32", runtime.channels_last, len(self.train_set), len(self.val_set), self.num_classes,
             )
+            self.run_record = training_record(cfg, runtime, self.train_set, self.val_set, resumed)
+            log_record(self.run_record)
         # The handler is in place before loader workers fork: until their worker_init ignores the signals, they inherit it.
         with StopSignal() as stop, logging_redirect_tqdm(console_loggers()):
             batches = iter(
@@ -137,7 +143,10 @@ class Trainer(CheckpointPolicy):
             table = format_table(metrics)
             print(table, flush=True)
             write_to_run_log(f"final metrics at iteration {self.iteration}:\n{table}", logging.INFO)
-            write_metrics_json(self.output_dir / "metrics.json", metrics, iteration=self.iteration, checkpoint=str(self.checkpoint_dir / "last.pt"))
+            end = self._clock.end(self.iteration, tcfg.batch_size * runtime.world_size, runtime)
+            log_end(end)
+            run = {**self.run_record, "end": end}
+            write_metrics_json(self.output_dir / "metrics.json", metrics, iteration=self.iteration, checkpoint=str(self.checkpoint_dir / "last.pt"), run=run)
             self.writer.close()
         return metrics
 
@@ -221,6 +230,10 @@ class Trainer(CheckpointPolicy):
         return loss
 
     def _validate_and_checkpoint(self, agreement: StopAgreement | None = None) -> dict:
+        with self._clock.not_training():
+            return self._validate_and_save(agreement)
+
+    def _validate_and_save(self, agreement: StopAgreement | None) -> dict:
         self._validation_rng = rng_state()  # what a resume repeats an abandoned validation from
         try:
             metrics = self.validate(agreement)
