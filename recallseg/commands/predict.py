@@ -8,6 +8,8 @@ size OpenCV reads; files it cannot decode are skipped with a warning. For every 
 ``output/color/<name>.png`` (palette colours) and ``output/overlay/<name>.png`` (colours over
 the image) are written, ``<name>`` being the file's path without its extension (with it, for
 files that would otherwise share a name: ``a.jpg.png`` and ``a.png.png``); ``formats=[color,overlay,index]`` picks others (``index``: class ids).
+``output/run.json`` records this run (code, versions, machine, command) and the checkpoint's
+training run.
 
 Options (key=value): ``device`` (auto | cpu | cuda), ``amp`` (auto | bf16 | fp16 | off),
 ``alpha`` (overlay opacity), ``inference.*`` as in configs/eval.yaml (mode, crop_size, stride,
@@ -59,19 +61,37 @@ def find_images(path: Path) -> list[tuple[Path, str]]:
     return list(zip(files, names))
 
 
+def write_run(output: Path, record: dict, training_run) -> Path:
+    """``run.json``: this prediction's record and the one its checkpoint's training stored."""
+    import json
+
+    from recallseg.atomic_files import atomic_write
+
+    output.mkdir(parents=True, exist_ok=True)
+    with atomic_write(output / "run.json") as handle:
+        json.dump({"run": record, "training_run": training_run}, handle, indent=2, default=str)
+    return output / "run.json"
+
+
 def predict(cfg) -> list[Path]:
+    import time
+
     import torch
 
     from recallseg.data.files import read_image
     from recallseg.errors import DatasetError
     from recallseg.evaluation.inference import Inference, InferenceSettings
     from recallseg.evaluation.predictions import PredictionWriter
+    from recallseg.evaluation.run_record import new_record, with_end
     from recallseg.runtime.normalize import Normalizer
 
+    started = time.perf_counter()
     images = find_images(Path(cfg.input))
     settings = InferenceSettings.from_config(OmegaConf.to_container(cfg.inference, resolve=True))
     loaded = CheckpointModel(cfg.checkpoint, cfg.device, cfg.amp)
     runtime, model, classes = loaded.runtime, loaded.model, loaded.classes
+    record = new_record("predict", runtime, lambda: {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "output"})
+    record.update(checkpoint=str(cfg.checkpoint), input=str(Path(cfg.input).resolve()))
     normalizer = Normalizer(loaded.mean, loaded.std, runtime, loaded.channel_order)
     infer = Inference(settings)
     names = [name for _, name in images]
@@ -100,6 +120,7 @@ def predict(cfg) -> list[Path]:
             f"no readable image in {cfg.input}: {len(skipped)} file(s), none decodable by OpenCV ({listed}). "
             "Give a folder holding PNG, JPEG, BMP, TIFF or WebP images."
         )
+    write_run(Path(cfg.output), with_end(record, started, len(images) - len(skipped), runtime), loaded.state.get("run"))
     print(f"{len(images) - len(skipped)} image(s) -> {', '.join(str(w.directory) for w in writers)}")
     return written
 

@@ -230,11 +230,8 @@ def describe_machine(found: Mapping[str, Any]) -> str:
 
 def describe_environment(record: Any) -> list[str]:
     """The lines a log or a table shows of a record's environment (``"unknown"`` for what it lacks)."""
-    return [
-        f"code: {describe_code(_part(record, 'code'))}",
-        f"versions: {describe_versions(_part(record, 'versions'))}",
-        f"machine: {describe_machine(_part(record, 'machine'))}",
-    ]
+    parts = (("code", describe_code), ("versions", describe_versions), ("machine", describe_machine))
+    return [f"{key}: {describe(_part(record, key)) if _part(record, key) else UNKNOWN}" for key, describe in parts]
 
 
 def version_differences(before: Any, now: Any) -> list[str]:

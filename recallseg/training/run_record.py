@@ -2,8 +2,8 @@
 to the code, versions, machine and data that produced it.
 
 ``training_record`` is collected once, before the first step, on rank 0: it goes into
-``train.log`` (``log_record``), into every checkpoint (``run``) and, with what ``RunClock``
-measured added at the end (``end``), into ``metrics.json``. A resumed run records itself and
+``train.log`` (``evaluation.run_record.log_record``), into every checkpoint (``run``) and,
+with what ``RunClock`` measured added at the end (``end``), into ``metrics.json``. A resumed run records itself and
 keeps the records of the runs before it (``earlier_runs``), since each may have run elsewhere.
 """
 
@@ -12,15 +12,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
 from recallseg.data.base import SegmentationDataset
-from recallseg.pipeline.data_record import data_record, describe_data
+from recallseg.evaluation.run_record import new_record
+from recallseg.pipeline.data_record import data_record
 from recallseg.runtime.device import Runtime
-from recallseg.runtime.environment import config_hash, describe_environment, environment, peak_memory, readable
+from recallseg.runtime.environment import peak_memory
 
 log = logging.getLogger("recallseg")
 
@@ -31,35 +31,21 @@ PLACE_KEYS = ("output_dir", "resume")
 
 def training_record(cfg: DictConfig, runtime: Runtime, train_set: SegmentationDataset, val_set: SegmentationDataset, resumed: dict | None) -> dict[str, Any]:
     """The record of this run (plain data only: it is stored in checkpoints)."""
-    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-    config = {key: value for key, value in OmegaConf.to_container(cfg, resolve=True).items() if key not in PLACE_KEYS}
-    record: dict[str, Any] = {
-        "kind": "train",
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **environment(runtime),
-        "config_hash": readable(lambda: config_hash(config)),
-        "data": readable(lambda: data_record(dataset_cfg, {dataset_cfg["train_split"]: train_set, dataset_cfg["val_split"]: val_set})),
-    }
+
+    def config() -> dict[str, Any]:
+        return {key: value for key, value in OmegaConf.to_container(cfg, resolve=True).items() if key not in PLACE_KEYS}
+
+    def data() -> dict[str, Any]:
+        dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+        return data_record(dataset_cfg, {dataset_cfg["train_split"]: train_set, dataset_cfg["val_split"]: val_set})
+
+    record = new_record("train", runtime, config, data)
     earlier = (resumed or {}).get("run")
     if isinstance(earlier, dict):
         record["resumed_at"] = int(resumed.get("iteration", 0))
         before = earlier.get("earlier_runs")
         record["earlier_runs"] = [*(before if isinstance(before, list) else []), {k: v for k, v in earlier.items() if k != "earlier_runs"}]
     return record
-
-
-def record_lines(record: dict[str, Any]) -> list[str]:
-    """The short block a log shows of a record."""
-    return [
-        *describe_environment(record),
-        describe_data(record),
-        f"command: {record.get('command')} (in {record.get('working_directory')}); config hash {record.get('config_hash')}",
-    ]
-
-
-def log_record(record: dict[str, Any]) -> None:
-    for line in record_lines(record):
-        log.info("%s", line)
 
 
 class RunClock:

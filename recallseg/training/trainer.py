@@ -22,6 +22,7 @@ from recallseg.evaluation.inference import Inference, InferenceSettings
 from recallseg.evaluation.loop import evaluate
 from recallseg.evaluation.metrics import format_table, metrics_from_confusion
 from recallseg.evaluation.report import write_metrics_json
+from recallseg.evaluation.run_record import log_record
 from recallseg.evaluation.samples import evaluation_loader, evaluation_samples
 from recallseg.pipeline.loaders import close_loader, train_loader
 from recallseg.runtime.device import Runtime, init_runtime, seed_everything, to_target
@@ -31,7 +32,7 @@ from recallseg.training.build import build_training, describe_parts, freeze_batc
 from recallseg.training.checkpointing import CheckpointPolicy
 from recallseg.training.cuda_graph import GraphedStep
 from recallseg.training.log import TrainingLogger, TrainingWindow, console_loggers, log_metrics, write_to_run_log
-from recallseg.training.run_record import RunClock, log_end, log_record, training_record
+from recallseg.training.run_record import RunClock, log_end, training_record
 from recallseg.training.tensorboard_images import ValidationPictures, trainer_predictor
 
 log = logging.getLogger("recallseg")
