@@ -1,6 +1,7 @@
 """Score a checkpoint: rebuild model and dataset from the config stored in it, apply the
-user's command-line overrides on top, evaluate, and write the report (evaluation_report.py)
-and, on request, the predictions (predictions.py)."""
+user's command-line overrides on top, evaluate, and write the report (report.py) and, on
+request, the predictions (predictions.py). The report records this evaluation's run and the
+training run the checkpoint stored (run_record.py)."""
 
 from __future__ import annotations
 
