@@ -162,7 +162,8 @@ def environment(runtime: Runtime) -> dict[str, Any]:
         "code": readable(code_version),
         "versions": readable(lambda: versions(runtime.device.type)),
         "machine": readable(lambda: machine(runtime)),
-        "command": readable(lambda: shlex.join(sys.argv)),
+        # As typed: evaluate.py hands Hydra its own arguments only, by rewriting sys.argv.
+        "command": readable(lambda: shlex.join(sys.orig_argv)),
         "working_directory": readable(os.getcwd),
     }
 

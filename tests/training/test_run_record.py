@@ -71,7 +71,7 @@ def fingerprint(cfg, split):
 def test_metrics_json_and_every_checkpoint_hold_the_run_with_real_values(run):
     root, cfg, lines = run
     record = json.loads((root / "run" / "metrics.json").read_text())["run"]
-    assert record["kind"] == "train" and record["command"] == shlex.join(sys.argv)
+    assert record["kind"] == "train" and record["command"] == shlex.join(sys.orig_argv)
     assert record["code"]["recallseg"] == recallseg.__version__
     if (REPO / ".git").exists() and subprocess.run(["git", "--version"], capture_output=True).returncode == 0:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
