@@ -136,6 +136,8 @@ class Trainer(CheckpointPolicy):
                 bar.close()
                 close_loader(batches)
             if self.iteration < tcfg.max_iters or abandoned:  # stopped early (signal or trainer.stop_after): keep the place
+                if runtime.is_main:
+                    self._run_end()
                 self._keep_place(stop, abandoned)
                 return metrics or {}
         if metrics is None:  # resumed at max_iters: nothing left to train, still report
@@ -144,12 +146,16 @@ class Trainer(CheckpointPolicy):
             table = format_table(metrics)
             print(table, flush=True)
             write_to_run_log(f"final metrics at iteration {self.iteration}:\n{table}", logging.INFO)
-            end = self._clock.end(self.iteration, tcfg.batch_size * runtime.world_size, runtime)
-            log_end(end)
-            run = {**self.run_record, "end": end}
+            run = {**self.run_record, "end": self._run_end()}
             write_metrics_json(self.output_dir / "metrics.json", metrics, iteration=self.iteration, checkpoint=str(self.checkpoint_dir / "last.pt"), run=run)
             self.writer.close()
         return metrics
+
+    def _run_end(self) -> dict:
+        """Time, speed and peak memory of this invocation, logged; the record's ``end``."""
+        end = self._clock.end(self.iteration, self.cfg.trainer.batch_size * self.runtime.world_size, self.runtime)
+        log_end(end)
+        return end
 
     def _loop(self, batches, agreement: StopAgreement, stop_at: int, validate_first: bool) -> tuple[dict | None, bool]:
         """Train until ``stop_at`` or an agreed stop: ``(the last metrics, whether a validation was abandoned)``."""

@@ -84,3 +84,20 @@ def test_version_differences_name_what_both_records_know():
     now = {"code": {"recallseg": "0.1.0", "git_commit": "b" * 40}, "versions": {"torch": "2.14.1", "numpy": "2.0", "cudnn": "92400"}}
     assert env.version_differences(before, now) == [f"commit {'a' * 12} -> {'b' * 12}", "torch 2.8.0 -> 2.14.1"]
     assert env.version_differences(before, {"code": "unknown"}) == []
+
+
+def test_a_gpu_run_records_the_gpu_its_driver_cudnn_and_the_memory_torch_allocated(monkeypatch):
+    """The GPU branch, with torch.cuda's answers stood in for (the record asks only these)."""
+    from types import SimpleNamespace
+
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(name="Some GPU", total_memory=80 * 2**30, major=9, minor=0))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**29)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    monkeypatch.setattr(env, "gpu_driver", lambda: "550.54.15")
+    record = env.environment(Runtime(gpu, torch.bfloat16, True, world_size=4))
+    machine = record["machine"]
+    assert (machine["gpu"], machine["gpu_memory_gib"], machine["gpu_capability"], machine["gpu_driver"]) == ("Some GPU", 80.0, "9.0", "550.54.15")
+    assert (machine["device"], machine["processes"], machine["precision"], machine["channels_last"]) == ("cuda:0", 4, "bfloat16", True)
+    assert record["versions"]["cudnn"] == "91002" and env.peak_memory("cuda", gpu)["cuda_max_allocated_mib"] == 1536.0
+    assert env.describe_environment(record)[2].startswith("machine: Some GPU (80.0 GiB, driver 550.54.15); CPU ")
