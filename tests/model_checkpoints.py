@@ -48,10 +48,13 @@ def calibrate(model: torch.nn.Module, x: torch.Tensor) -> None:
         conv.bias /= spread
 
 
-def write_checkpoint(path: Path, classes: Sequence[str], overrides: Sequence[str] = (), images: np.ndarray | None = None, seed: int = 0) -> Path:
+def write_checkpoint(
+    path: Path, classes: Sequence[str], overrides: Sequence[str] = (), images: np.ndarray | None = None, seed: int = 0, run: dict | None = None
+) -> Path:
     """Save an untrained, calibrated recallseg checkpoint for ``classes`` at ``path``.
 
-    ``images``: uint8 ``[N, H, W, 3]`` RGB frames like the evaluation data (random noise if None).
+    ``images``: uint8 ``[N, H, W, 3]`` RGB frames like the evaluation data (random noise if None);
+    ``run``: the record of the training run it stands for (none if None).
     """
     config = composed_config([*TINY_RUNTIME, *overrides])
     torch.manual_seed(seed)
@@ -63,7 +66,8 @@ def write_checkpoint(path: Path, classes: Sequence[str], overrides: Sequence[str
         std = torch.tensor(config["model"]["std"]).view(1, 3, 1, 1) * 255
         x = (torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() - mean) / std
     calibrate(model, x)
-    save_checkpoint({"model": model.state_dict(), "config": config, "classes": list(classes), "iteration": 7}, path)
+    state = {"model": model.state_dict(), "config": config, "classes": list(classes), "iteration": 7}
+    save_checkpoint({**state, "run": run} if run is not None else state, path)
     return path
 
 

@@ -1,10 +1,11 @@
 """What each checkpoint of a run holds.
 
 - ``last.pt``: everything a resume needs (weights, optimizer, scheduler, scaler, loss state,
-  random states, iteration, best score, config, classes, palette).
+  random states, iteration, best score, config, classes, palette) and the run's record.
 - ``best.pt``: what evaluation, prediction and export need: the weights, the config, the
-  classes and palette, and the score that made it the best (with its iteration). No
-  optimizer, scaler or random states, so it is about a third of ``last.pt`` for AdamW.
+  classes and palette, the score that made it the best (with its iteration) and the run's
+  record (code, versions, machine, data). No optimizer, scaler or random states, so it is
+  about a third of ``last.pt`` for AdamW.
 
 Both load with ``torch.load(weights_only=True)`` (``checkpoints.format``).
 """
@@ -17,7 +18,7 @@ from typing import Any
 from recallseg.checkpoints.format import CheckpointError
 
 # The keys of a resume's state that the best model keeps.
-INFERENCE_KEYS = ("model", "config", "classes", "palette", "iteration", "best_score", "monitor")
+INFERENCE_KEYS = ("model", "config", "classes", "palette", "iteration", "best_score", "monitor", "run")
 
 
 def for_inference(state: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The plain data a checkpoint carries (its config, classes, palette, monitor), checked once when read.
+"""The plain data a checkpoint carries (its config, classes, palette, monitor, the run's record), checked once when read.
 
 recallseg saves a run's config resolved, and escapes every literal ``${`` in a stored string the
 way OmegaConf reads it back as text (``\\${``). So a string in a recallseg checkpoint never holds
@@ -22,7 +22,7 @@ from typing import Any
 from recallseg.errors import UserError
 
 # The entries of a checkpoint that are plain data (the rest are tensors and their bookkeeping).
-DATA_KEYS = ("config", "classes", "palette", "monitor")
+DATA_KEYS = ("config", "classes", "palette", "monitor", "run")
 MONITORS = ("mIoU", "mAcc", "aAcc", "mPrecision")  # as the trainer stores them (without val/)
 
 # ``${`` after an even number of backslashes (none included) is an interpolation to OmegaConf;
@@ -69,9 +69,10 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
-def read_stored_value(value: Any, key: str, path: Any, *, config: bool = False) -> Any:
-    """``value`` as plain data with the escape undone; refuses interpolations anywhere, and in a
-    config also Hydra's call-changing keys and anything but None, bool, int, float, str, list, dict."""
+def read_stored_value(value: Any, key: str, path: Any, *, config: bool = False, plain: bool = False) -> Any:
+    """``value`` as plain data with the escape undone; refuses interpolations anywhere, in a config
+    Hydra's call-changing keys, and in a config or with ``plain`` anything but None, bool, int,
+    float, str, list, dict."""
     if isinstance(value, str):
         if _INTERPOLATION.search(value):
             raise _refuse(path, key, f"holds the interpolation {_shown(value)}, which would be resolved (run) when read")
@@ -84,15 +85,15 @@ def read_stored_value(value: Any, key: str, path: Any, *, config: bool = False) 
             where = f"{key}.{name}"
             if config and name.startswith("_") and name.endswith("_") and name != "_target_":
                 raise _refuse(path, where, "is a Hydra key that changes what is called or how")
-            checked[read_stored_value(name, where, path)] = read_stored_value(item, where, path, config=config)
+            checked[read_stored_value(name, where, path)] = read_stored_value(item, where, path, config=config, plain=plain)
         if config and isinstance(checked.get("_target_"), str):
             checked["_target_"] = present_path(checked["_target_"])
         return checked
     if isinstance(value, (list, tuple)):
-        return [read_stored_value(item, f"{key}[{index}]", path, config=config) for index, item in enumerate(value)]
-    if value is None or isinstance(value, (bool, int, float)) or not config:
+        return [read_stored_value(item, f"{key}[{index}]", path, config=config, plain=plain) for index, item in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float)) or not (config or plain):
         return value
-    raise _refuse(path, key, f"holds a {type(value).__name__}, where a config holds only text, numbers, lists and mappings")
+    raise _refuse(path, key, f"holds a {type(value).__name__}, where a {'config' if config else 'run record'} holds only text, numbers, lists and mappings")
 
 
 def present_path(target: str) -> str:
@@ -106,12 +107,15 @@ def read_stored_data(state: dict[str, Any], path: Any) -> dict[str, Any]:
     state = dict(state)
     for key in DATA_KEYS:
         if key in state:
-            state[key] = read_stored_value(state[key], key, path, config=key == "config")
+            state[key] = read_stored_value(state[key], key, path, config=key == "config", plain=key == "run")
     config = state.get("config")
     if config is not None and not isinstance(config, dict):
         raise _refuse(path, "config", f"is a {type(config).__name__}, not a mapping")
     if isinstance(config, dict) and "hydra" in config:
         raise _refuse(path, "config.hydra", "holds Hydra's own settings (search paths, launchers, run directories)")
+    run = state.get("run")
+    if run is not None and not isinstance(run, dict):
+        raise _refuse(path, "run", f"is a {type(run).__name__}, not a mapping")
     classes = state.get("classes")
     if classes is not None and (not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes)):
         raise _refuse(path, "classes", f"must be a non-empty list of class names, got {_shown(str(classes))}")

@@ -9,8 +9,9 @@
 Every loss runs with the same seeds, iterations and data (anything after `--` is passed to
 training for all runs, Hydra launcher options included). The tables list the losses in the
 order given. Writes, into the sweep directory: `comparison.md` (means over seeds, with the
-standard deviation when there are several), `comparison.csv` (every run: mIoU, mAcc,
-mPrecision, aAcc and per-class IoU, accuracy and precision) and `comparison.png` (bar chart).
+standard deviation when there are several, and the code, versions and machine the runs ran
+on), `comparison.csv` (every run: mIoU, mAcc, mPrecision, aAcc, per-class IoU, accuracy and
+precision, and its code, versions and machine) and `comparison.png` (bar chart).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from pathlib import Path
 from recallseg.atomic_files import atomic_write
 
 MAIN_METRICS = ("mIoU", "mAcc", "mPrecision", "aAcc")
+# The columns of comparison.csv that say where a run came from: (header, where in its record).
+ENVIRONMENT_COLUMNS = (
+    ("recallseg", ("code", "recallseg")), ("git commit", ("code", "git_commit")), ("uncommitted changes", ("code", "git_dirty")),
+    ("python", ("versions", "python")), ("torch", ("versions", "torch")), ("torch CUDA", ("versions", "torch_cuda")),
+    ("cpu", ("machine", "cpu")), ("gpu", ("machine", "gpu")), ("processes", ("machine", "processes")),
+    ("precision", ("machine", "precision")), ("channels_last", ("machine", "channels_last")), ("config hash", ("config_hash",)),
+)  # fmt: skip
 
 
 def sweep_command(losses: list[str], seeds: list[str], sweep_dir: Path, overrides: list[str], launcher: str | None = None) -> list[str]:
@@ -73,7 +81,7 @@ def collect(sweep_dir: Path) -> list[dict]:
 
         config = OmegaConf.load(config_file)
         choice = OmegaConf.load(hydra_file).hydra.runtime.choices.get("loss") if hydra_file.is_file() else config.loss._target_
-        rows.append({"run": run.name, "loss": choice, "seed": config.seed, "iterations": config.trainer.max_iters, **json.loads(metrics_file.read_text())})
+        rows.append({"run_dir": run.name, "loss": choice, "seed": config.seed, "iterations": config.trainer.max_iters, **json.loads(metrics_file.read_text())})
     if not rows:
         raise SystemExit(f"error: no finished runs (metrics.json) under {sweep_dir}; give the sweep directory of a finished comparison")
     return rows
@@ -93,6 +101,30 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
+def recorded(run: object, where: tuple[str, ...]) -> object:
+    """The value at ``where`` in a run's record: "unknown" where the record (or its part) could not be
+    read, as for runs that recorded none; empty where it does not apply (no GPU, no git checkout)."""
+    for key in where:
+        if not isinstance(run, dict):
+            return "unknown"
+        run = run.get(key)
+    return "" if run is None else run
+
+
+def environment_lines(rows: list[dict]) -> list[str]:
+    """The code, versions and machine of the runs: once when all share them, else once per group of runs."""
+    from recallseg.runtime.environment import describe_environment
+
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for r in rows:
+        groups.setdefault(tuple(describe_environment(r.get("run"))), []).append(r["run_dir"])
+    lines = []
+    for described, runs in groups.items():
+        lines += ["", "Environment" + ("" if len(groups) == 1 else f" of {', '.join(runs)}") + ":", ""]
+        lines += [f"- {line}" for line in described]
+    return lines
+
+
 def summarize(sweep_dir: Path, rows: list[dict]) -> str:
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     classes = list(rows[0]["per_class"])
@@ -106,6 +138,7 @@ def summarize(sweep_dir: Path, rows: list[dict]) -> str:
         lines += ["", f"{title}:", "", "| loss | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
         for loss in losses:
             lines.append(f"| {loss} | " + " | ".join(fmt([r["per_class"][c][key] for r in by_loss[loss]]) for c in classes) + " |")
+    lines += environment_lines(rows)
     markdown = "\n".join(lines) + "\n"
     with atomic_write(sweep_dir / "comparison.md") as handle:
         handle.write(markdown)
@@ -115,12 +148,12 @@ def summarize(sweep_dir: Path, rows: list[dict]) -> str:
         header = ["loss", "seed", "iterations", *MAIN_METRICS]
         for c in classes:
             header += [f"{c} IoU", f"{c} acc", f"{c} precision"]
-        writer.writerow(header)
+        writer.writerow(header + [name for name, _ in ENVIRONMENT_COLUMNS])
         for r in rows:
             line = [r["loss"], r["seed"], r["iterations"], *[r[m] for m in MAIN_METRICS]]
             for c in classes:
                 line += [r["per_class"][c][k] for k in ("iou", "acc", "precision")]
-            writer.writerow(line)
+            writer.writerow(line + [recorded(r.get("run"), where) for _, where in ENVIRONMENT_COLUMNS])
     plot(sweep_dir / "comparison.png", losses, by_loss, classes)
     return markdown
 

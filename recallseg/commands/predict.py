@@ -9,6 +9,8 @@ skipped and named in one warning line. For every image
 ``output/color/<name>.png`` (palette colours) and ``output/overlay/<name>.png`` (colours over
 the image) are written, ``<name>`` being the file's path without its extension (with it, for
 files that would otherwise share a name: ``a.jpg.png`` and ``a.png.png``); ``formats=[color,overlay,index]`` picks others (``index``: class ids).
+``output/run.json`` records this run (code, versions, machine, command) and the checkpoint's
+training run.
 
 ``output`` is refused before the model loads when it is a file or cannot be written, or when
 a format folder is, lies inside or holds ``input``; each PNG is written atomically (a full disk
@@ -74,20 +76,38 @@ def check_output_folders(cfg) -> None:
         check_output_location("output", output / str(fmt), reads=[("input", cfg.input)])
 
 
+def write_run(output: Path, record: dict, training_run) -> Path:
+    """``run.json``: this prediction's record and the one its checkpoint's training stored."""
+    import json
+
+    from recallseg.atomic_files import atomic_write
+
+    output.mkdir(parents=True, exist_ok=True)
+    with atomic_write(output / "run.json") as handle:
+        json.dump({"run": record, "training_run": training_run}, handle, indent=2, default=str)
+    return output / "run.json"
+
+
 def predict(cfg) -> list[Path]:
+    import time
+
     import torch
 
     from recallseg.data.files import read_image
     from recallseg.errors import DatasetError
     from recallseg.evaluation.inference import Inference, InferenceSettings
     from recallseg.evaluation.predictions import PredictionWriter
+    from recallseg.evaluation.run_record import new_record, with_end
     from recallseg.runtime.normalize import Normalizer
 
+    started = time.perf_counter()
     images = find_images(Path(cfg.input))
     check_output_folders(cfg)
     settings = InferenceSettings.from_config(OmegaConf.to_container(cfg.inference, resolve=True))
     loaded = CheckpointModel(cfg.checkpoint, cfg.device, cfg.amp)
     runtime, model, classes = loaded.runtime, loaded.model, loaded.classes
+    record = new_record("predict", runtime, lambda: {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "output"})
+    record.update(checkpoint=str(cfg.checkpoint), input=str(Path(cfg.input).resolve()))
     normalizer = Normalizer(loaded.mean, loaded.std, runtime, loaded.channel_order)
     infer = Inference(settings)
     names = [name for _, name in images]
@@ -117,6 +137,8 @@ def predict(cfg) -> list[Path]:
         )
     if skipped:
         print(f"warning: skipped {len(skipped)} of {len(images)} file(s) in {cfg.input} that OpenCV cannot decode: {listed}", file=sys.stderr)
+
+    write_run(Path(cfg.output), with_end(record, started, len(images) - len(skipped), runtime), loaded.state.get("run"))
     print(f"{len(images) - len(skipped)} image(s) -> {', '.join(str(w.directory) for w in writers)}")
     return written
 

@@ -2,7 +2,8 @@
 (``atomic_files``): a failed write keeps the previous file and leaves no partial one.
 
 - ``metrics.json``: the schema of training runs (mIoU, mAcc, aAcc, mPrecision, per_class,
-  iteration, checkpoint) plus the split, the inference settings and the evaluation options;
+  iteration, checkpoint, run) plus the split, the inference settings, the evaluation options
+  and the checkpoint's training run (``training_run``);
 - ``per_class.csv``: one row per class (fractions; empty cells for n/a);
 - ``confusion_matrix.png``: row-normalised, class names on both axes;
 - ``confusion_matrix.csv``: the raw pixel counts (rows ground truth, columns prediction).

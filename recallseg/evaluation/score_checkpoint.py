@@ -1,10 +1,12 @@
 """Score a checkpoint: rebuild model and dataset from the config stored in it, apply the
-user's command-line overrides on top, evaluate, and write the report (evaluation_report.py)
-and, on request, the predictions (predictions.py)."""
+user's command-line overrides on top, evaluate, and write the report (report.py) and, on
+request, the predictions (predictions.py). The report records this evaluation's run and the
+training run the checkpoint stored (run_record.py)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -20,6 +22,7 @@ from recallseg.checkpoints.stored_config import checkpoint_config
 from recallseg.evaluation.loop import evaluate
 from recallseg.evaluation.samples import evaluation_loader, evaluation_samples, sample_names
 from recallseg.evaluation.report import write_evaluation_report
+from recallseg.evaluation.run_record import differences_from_training, evaluation_record, log_record, with_end
 from recallseg.evaluation.inference import Inference, InferenceSettings
 from recallseg.evaluation.predictions import PredictionWriter
 from recallseg.runtime.device import init_runtime
@@ -45,6 +48,7 @@ def check_evaluation_outputs(ecfg: Mapping[str, Any], dataset_cfg: Mapping[str, 
 def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     """Evaluate ``eval_cfg.checkpoint`` on ``dataset.split`` (``overrides`` change the stored config);
     returns the metrics (also written to metrics.json)."""
+    started = time.perf_counter()
     checkpoint_path = Path(eval_cfg.checkpoint)
     state, stored, named = checkpoint_config(checkpoint_path, overrides)
     ecfg = OmegaConf.to_container(eval_cfg, resolve=True)
@@ -77,6 +81,14 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
         writer.write(prediction, index, image)
 
     log.info("evaluating %s on %s/%s (%d images), inference %s", checkpoint_path, type(dataset).__name__, split, len(dataset), settings.as_dict())
+    record = None
+    if runtime.is_main:
+        setup = {"evaluation": {k: v for k, v in ecfg.items() if k != "output_dir"}, "checkpoint_config": stored}
+        record = evaluation_record(checkpoint_path, runtime, setup, stored["dataset"], split, dataset)
+        log_record(record)
+        note = differences_from_training(state.get("run"), record, split)
+        if note:
+            log.info("%s", note)
     matrix = evaluate(
         model, loader, normalizer, runtime, len(classes), dataset.ignore_index, predict=Inference(settings), on_prediction=save if writer else None
     )
@@ -94,6 +106,8 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
             "images": len(dataset),
             "inference": settings.as_dict(),
             "evaluation": {"full_resolution": full_resolution, "batch_size": int(batch_size), "amp": str(runtime.amp_dtype or "off").replace("torch.", "")},
+            "run": with_end(record, started, len(dataset), runtime),
+            "training_run": state.get("run"),
         }
         if writer is not None:
             extra["predictions"] = {"format": writer.format, "dir": str(writer.directory)}

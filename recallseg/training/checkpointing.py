@@ -2,10 +2,10 @@
 how a save refuses non-finite weights.
 
 ``Trainer`` inherits this policy; it needs the trainer's parts (``model``, ``optimizer``,
-``scheduler``, ``scaler``, ``criterion``, ``runtime``, ``cfg``) and its place (``iteration``,
-``best_score``). Which file a resume takes and what may change on resume are decided in
-``recallseg.checkpoints`` (``resume``, ``resume_changes``); the files' format in
-``checkpoints.format``.
+``scheduler``, ``scaler``, ``criterion``, ``runtime``, ``cfg``), its place (``iteration``,
+``best_score``) and the run's record (``run_record``, None until ``fit`` starts). Which file a
+resume takes and what may change on resume are decided in ``recallseg.checkpoints``
+(``resume``, ``resume_changes``); the files' format in ``checkpoints.format``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class CheckpointPolicy:
             "palette": [list(map(int, colour)) for colour in self.train_set.palette] if self.train_set.palette else None,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "rng": rng_per_rank[0] if rng_per_rank else rng_state(),
+            **({"run": self.run_record} if self.run_record is not None else {}),
             **extra,
         }
         if rng_per_rank is not None and len(rng_per_rank) > 1:

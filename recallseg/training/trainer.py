@@ -22,6 +22,7 @@ from recallseg.evaluation.inference import Inference, InferenceSettings
 from recallseg.evaluation.loop import evaluate
 from recallseg.evaluation.metrics import format_table, metrics_from_confusion
 from recallseg.evaluation.report import write_metrics_json
+from recallseg.evaluation.run_record import log_record
 from recallseg.evaluation.samples import evaluation_loader, evaluation_samples
 from recallseg.pipeline.loaders import close_loader, train_loader
 from recallseg.runtime.device import Runtime, init_runtime, seed_everything, to_target
@@ -31,6 +32,7 @@ from recallseg.training.build import build_training, describe_parts, freeze_batc
 from recallseg.training.checkpointing import CheckpointPolicy
 from recallseg.training.cuda_graph import GraphedStep
 from recallseg.training.log import TrainingLogger, TrainingWindow, console_loggers, log_metrics, write_to_run_log
+from recallseg.training.run_record import RunClock, log_end, training_record
 from recallseg.training.tensorboard_images import ValidationPictures, trainer_predictor
 
 log = logging.getLogger("recallseg")
@@ -68,6 +70,8 @@ class Trainer(CheckpointPolicy):
         self.logger: TrainingLogger | None = None  # rank 0, once fit() starts
         self.window: TrainingWindow | None = None
         self._bar = None
+        self.run_record: dict[str, Any] | None = None  # rank 0, once fit() starts: stored in every checkpoint
+        self._clock = RunClock()
         # Validation scores exactly as evaluate.py does (evaluation.samples), with cfg.inference.
         self.validation_samples = evaluation_samples(cfg.dataset, self.val_set, cfg.evaluation.full_resolution)
         self.inference = Inference(InferenceSettings.from_config(cfg.inference))
@@ -91,6 +95,7 @@ class Trainer(CheckpointPolicy):
     def fit(self) -> dict:
         cfg, tcfg, runtime = self.cfg, self.cfg.trainer, self.runtime
         resumed = self.choose_start()
+        self._clock = RunClock(self.iteration)
         bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True, disable=not runtime.is_main)
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -103,6 +108,8 @@ class Trainer(CheckpointPolicy):
                 "device %s, precision %s, channels_last %s, %d training / %d validation images, %d classes",
                 runtime.device, runtime.amp_dtype or "float32", runtime.channels_last, len(self.train_set), len(self.val_set), self.num_classes,
             )
+            self.run_record = training_record(cfg, runtime, self.train_set, self.val_set, resumed)
+            log_record(self.run_record)
         # The handler is in place before loader workers fork: until their worker_init ignores the signals, they inherit it.
         with StopSignal() as stop, logging_redirect_tqdm(console_loggers()):
             batches = iter(
@@ -129,6 +136,8 @@ class Trainer(CheckpointPolicy):
                 bar.close()
                 close_loader(batches)
             if self.iteration < tcfg.max_iters or abandoned:  # stopped early (signal or trainer.stop_after): keep the place
+                if runtime.is_main:
+                    self._run_end()
                 self._keep_place(stop, abandoned)
                 return metrics or {}
         if metrics is None:  # resumed at max_iters: nothing left to train, still report
@@ -137,9 +146,16 @@ class Trainer(CheckpointPolicy):
             table = format_table(metrics)
             print(table, flush=True)
             write_to_run_log(f"final metrics at iteration {self.iteration}:\n{table}", logging.INFO)
-            write_metrics_json(self.output_dir / "metrics.json", metrics, iteration=self.iteration, checkpoint=str(self.checkpoint_dir / "last.pt"))
+            run = {**self.run_record, "end": self._run_end()}
+            write_metrics_json(self.output_dir / "metrics.json", metrics, iteration=self.iteration, checkpoint=str(self.checkpoint_dir / "last.pt"), run=run)
             self.writer.close()
         return metrics
+
+    def _run_end(self) -> dict:
+        """Time, speed and peak memory of this invocation, logged; the record's ``end``."""
+        end = self._clock.end(self.iteration, self.cfg.trainer.batch_size * self.runtime.world_size, self.runtime)
+        log_end(end)
+        return end
 
     def _loop(self, batches, agreement: StopAgreement, stop_at: int, validate_first: bool) -> tuple[dict | None, bool]:
         """Train until ``stop_at`` or an agreed stop: ``(the last metrics, whether a validation was abandoned)``."""
@@ -221,6 +237,10 @@ class Trainer(CheckpointPolicy):
         return loss
 
     def _validate_and_checkpoint(self, agreement: StopAgreement | None = None) -> dict:
+        with self._clock.not_training():
+            return self._validate_and_save(agreement)
+
+    def _validate_and_save(self, agreement: StopAgreement | None) -> dict:
         self._validation_rng = rng_state()  # what a resume repeats an abandoned validation from
         try:
             metrics = self.validate(agreement)

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from conftest import TINY_OVERRIDES
 from recallseg.config.construct import build, transform_kinds
 from recallseg.checkpoints.format import CheckpointError, load_checkpoint, save_checkpoint
-from recallseg.checkpoints.stored_data import escape_interpolations, read_stored_value
+from recallseg.checkpoints.stored_data import StoredDataError, escape_interpolations, read_stored_data, read_stored_value
 from recallseg.errors import ConfigError
 
 SECRET = "RECALLSEG_TEST_SECRET"
@@ -309,3 +309,23 @@ def test_a_checkpoint_naming_a_class_at_its_former_module_reads_it_at_its_presen
     assert config["dataset"]["val_transform"][0]["_target_"] == "recallseg.pipeline.transforms.RandomScaleCrop"
     from recallseg.pipeline.transforms import RandomScaleCrop  # noqa: F401  (the present path exists)
     from recallseg.training.optim import PolySchedule  # noqa: F401
+
+
+def test_the_run_record_is_plain_data_stored_escaped_and_refused_when_edited_into_more(clean_checkpoint, tmp_path, secret):
+    """A training checkpoint holds its run's record; a literal ``${`` in it (a command line's) stays text,
+    and a record edited to hold an interpolation, a tensor or no mapping is refused, naming the key."""
+    state = load_checkpoint(clean_checkpoint)
+    assert state["run"]["kind"] == "train" and state["run"]["versions"]["torch"] == torch.__version__
+    literal = "train.py hydra.run.dir=out/${oc.env:" + SECRET + "}"
+    state["run"]["command"] = literal
+    save_checkpoint(state, tmp_path / "literal.pt")
+    assert torch.load(tmp_path / "literal.pt", weights_only=True)["run"]["command"] == literal.replace("${", "\\${")
+    assert load_checkpoint(tmp_path / "literal.pt")["run"] == state["run"]
+    for value, message in (
+        ({"command": "${oc.env:" + SECRET + "}"}, r"run.command: holds the interpolation"),
+        ({"end": {"peak": torch.ones(1)}}, r"run.end.peak: holds a Tensor, where a run record holds only"),
+        (["train"], r"run: is a list, not a mapping"),
+    ):
+        with pytest.raises(StoredDataError, match=f"bad.pt: {message}"):  # what load_checkpoint raises as a CheckpointError
+            read_stored_data({**state, "run": value}, "bad.pt")
+    assert not secret

@@ -10,10 +10,15 @@ from recallseg.data.synthetic import CLASSES, PALETTE, SyntheticStreets
 from recallseg.commands import predict
 
 
+# What the checkpoint's training run recorded (a part of it), for run.json to pass on.
+TRAINING_RUN = {"kind": "train", "versions": {"torch": "2.8.0"}, "data": {"splits": {"val": {"images": 2, "label_fingerprint": "0123456789abcdef"}}}}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     images = np.stack([SyntheticStreets("val", 64, 96, num_val=2)[i][0] for i in range(2)])
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", CLASSES, ["dataset.height=64", "dataset.width=96"], images=images)
+    overrides = ["dataset.height=64", "dataset.width=96"]
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", CLASSES, overrides, images=images, run=TRAINING_RUN)
 
 
 @pytest.fixture
@@ -86,6 +91,21 @@ def test_inputs_sharing_a_stem_get_distinct_predictions(checkpoint, tmp_path):
     assert sorted(p.name for p in (out / "index").iterdir()) == ["a.jpg.png", "a.png.png", "b.png"]
     assert cv2.imread(str(out / "index" / "a.jpg.png")).shape[:2] == (24, 40)
     assert cv2.imread(str(out / "index" / "a.png.png")).shape[:2] == (30, 50)
+
+
+def test_a_prediction_records_its_run_and_the_checkpoints_training_run(checkpoint, tmp_path):
+    import json
+
+    import torch
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((24, 40, 3), np.uint8))
+    out = tmp_path / "out"
+    assert predict.main([f"checkpoint={checkpoint}", f"input={tmp_path / 'a.png'}", f"output={out}", "device=cpu", "formats=[index]"]) == 0
+    written = json.loads((out / "run.json").read_text())
+    assert written["training_run"] == TRAINING_RUN
+    run = written["run"]
+    assert run["kind"] == "predict" and run["versions"]["torch"] == torch.__version__ and run["machine"]["device"] == "cpu"
+    assert run["checkpoint"] == str(checkpoint) and run["end"]["images"] == 1 and run["end"]["cpu_peak_rss_mib"] > 0
 
 
 def test_unique_output_names():

@@ -57,3 +57,35 @@ def test_a_two_job_sweep_on_submitit_local(tmp_path):
         assert read_json(sweep / loss / "metrics.json")["iteration"] == 2
         assert (sweep / loss / "checkpoints" / "best.pt").is_file()
     assert list((sweep / ".submitit").rglob("*_result.pkl"))  # the jobs ran through submitit
+
+
+def test_the_comparison_shows_and_writes_where_its_runs_came_from(tmp_path, monkeypatch):
+    """Runs that share their code, versions and machine show them once under the tables; every CSV row
+    carries its own, "unknown" for a run that recorded none."""
+    import csv
+    import json
+
+    import torch
+
+    from recallseg.runtime.device import Runtime
+    from recallseg.runtime.environment import describe_environment, environment
+
+    record = {**environment(Runtime(torch.device("cpu"), None, False)), "config_hash": "0123456789abcdef"}
+    per_class = {name: {"iou": 0.5, "acc": 0.5, "precision": 0.5} for name in ("road", "car")}
+    for name, loss, seed, run in (("ce_seed0", "ce", 0, record), ("ce_seed1", "ce", 1, record), ("recall_seed0", "recall", 0, None)):
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nloss: {{_target_: x}}\ntrainer: {{max_iters: 2}}\n")
+        (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      loss: {loss}\n")
+        metrics = {"mIoU": 0.5, "mAcc": 0.5, "mPrecision": 0.5, "aAcc": 0.5, "per_class": per_class, **({"run": run} if run else {})}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr(compare_losses, "plot", lambda *args: None)  # the chart is not what this checks
+    markdown = compare_losses.summarize(tmp_path, compare_losses.in_order(compare_losses.collect(tmp_path), ["ce", "recall"]))
+    shown = describe_environment(record)
+    assert markdown.index("| ce |") < markdown.index("Environment of ce_seed0, ce_seed1:") < markdown.index(shown[0])
+    assert all(markdown.count(line) == 1 for line in shown) and "Environment of recall_seed0:" in markdown and "- code: unknown" in markdown
+    assert (tmp_path / "comparison.md").read_text() == markdown
+    rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
+    assert [(r["torch"], r["cpu"], r["precision"], r["gpu"], r["config hash"]) for r in rows] == [
+        (torch.__version__, record["machine"]["cpu"], "float32", "", "0123456789abcdef")
+    ] * 2 + [("unknown",) * 5]

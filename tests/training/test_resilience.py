@@ -150,6 +150,9 @@ def test_two_gloo_ranks_match_one_rank_on_the_global_batch(tmp_path):
     assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), exact=False)
     one, two = read_json(tmp_path / "one" / "metrics.json"), read_json(tmp_path / "two" / "metrics.json")
     assert two["mIoU"] == pytest.approx(one["mIoU"], abs=1e-3)  # sharded validation, all-reduced matrices
+    assert (one["run"]["machine"]["processes"], two["run"]["machine"]["processes"]) == (1, 2)  # the run's record, written by rank 0
+    for run in (one["run"], two["run"]):  # 4 images per iteration, over all ranks
+        assert run["end"]["images_per_second"] == pytest.approx(4 * run["end"]["iterations_per_second"], rel=1e-2)
 
 
 def test_skipping_keeps_the_scaler_at_one_so_later_steps_are_exact(tmp_path):

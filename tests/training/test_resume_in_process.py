@@ -124,3 +124,12 @@ def test_a_resumed_fit_continues_numpys_and_pythons_random_streams(runs):
     _, draws, _ = runs
     assert [d[0] for d in draws["stop_after"]] == [1, 2, 3]  # iteration 1, then 2 and 3 after the resume
     assert draws["stop_after"] == draws["straight"]
+
+
+def test_a_resumed_fit_records_itself_and_keeps_the_record_of_the_run_it_continues(runs):
+    last, _, _ = runs
+    assert "earlier_runs" not in last["straight"]["run"]
+    record = last["stop_after"]["run"]
+    assert record["kind"] == "train" and record["resumed_at"] == 1
+    assert [run["kind"] for run in record["earlier_runs"]] == ["train"] and "earlier_runs" not in record["earlier_runs"][0]
+    assert record["earlier_runs"][0]["data"] == record["data"]  # (its config differs: trainer.stop_after=1)

@@ -68,7 +68,7 @@ def test_validation_pictures_show_image_truth_and_the_models_prediction(run):
 @pytest.mark.slow
 def test_best_pt_holds_the_model_and_last_pt_a_resume(run):
     best, last = (load_checkpoint(run / "checkpoints" / name) for name in ("best.pt", "last.pt"))  # weights_only loads
-    assert set(best) == {"format", "version", "model", "config", "classes", "palette", "iteration", "best_score", "monitor"}
+    assert set(best) == {"format", "version", "model", "config", "classes", "palette", "iteration", "best_score", "monitor", "run"}
     assert {"optimizer", "scheduler", "scaler", "rng", "loss"} <= set(last)
     assert (run / "checkpoints" / "best.pt").stat().st_size < 0.5 * (run / "checkpoints" / "last.pt").stat().st_size
     for key in best["model"]:
