@@ -59,14 +59,14 @@ def list_files(
     return files
 
 
-def require_samples(dataset: str, split: str, count: int, root: Path | None = None, why: str = "") -> None:
+def require_samples(
+    dataset: str, split: str, count: int, root: Path | None = None, why: str = "",
+    fix: str = "point dataset.root at the data, change the dataset's split options, or choose another split",
+) -> None:
     """Refuse an empty split: training on it ends without a score, scoring it writes only n/a."""
     if count == 0:
         where = f" under {root}" if root is not None else ""
-        raise DatasetError(
-            f"{dataset}: the {split} split{where} is empty" + (f": {why}" if why else "")
-            + "; point dataset.root at the data, change the dataset's split options, or choose another split"
-        )
+        raise DatasetError(f"{dataset}: the {split} split{where} is empty" + (f": {why}" if why else "") + f"; {fix}")
 
 
 def pair_files(

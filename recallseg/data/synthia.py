@@ -90,11 +90,8 @@ class _SynthiaBase(FilePairDataset):
     def _select(self, pairs: list[tuple[str, Path, Path]], procedure: str = "recallseg") -> list[Sample]:
         """The samples of ``self.split`` among ``(relative path, image, label)`` pairs; an empty split is refused."""
         positions = split_positions([key for key, _, _ in pairs], self.split, self.seed, self.split_fractions, procedure)
-        why = (
-            f"split_fractions {list(self.split_fractions)} (seed {self.seed}, split_procedure {procedure}) give it none of "
-            f"the {len(pairs)} frames; give it a larger fraction, add frames, or use split=all"
-        )
-        require_samples(type(self).__name__, self.split, len(positions), self.root, why)
+        why = f"split_fractions {list(self.split_fractions)} (seed {self.seed}, split_procedure {procedure}) give it none of the {len(pairs)} frames"
+        require_samples(type(self).__name__, self.split, len(positions), self.root, why, "give it a larger fraction, add frames, or use split=all")
         return [Sample(pairs[i][1], pairs[i][2]) for i in positions]
 
 

@@ -98,7 +98,15 @@ class ForwardMemory:
 
     @classmethod
     def measure(cls, model: nn.Module, device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager], multiple: int) -> "ForwardMemory":
-        """From two probes of ``model`` (see the module docstring)."""
+        """From two probes of ``model`` (see the module docstring); measured once per model, device and multiple."""
+        key = (str(device), int(multiple))
+        known = _MEASURED.setdefault(model, {})
+        if key not in known:
+            known[key] = cls._probe(model, device, autocast, multiple)
+        return known[key]
+
+    @classmethod
+    def _probe(cls, model: nn.Module, device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager], multiple: int) -> "ForwardMemory":
         side = max(int(multiple), 16) * 2
         probes = []
         for scale in (1, 2):
@@ -110,6 +118,9 @@ class ForwardMemory:
 
     def __call__(self, pixels: float) -> float:
         return self.per_pixel * pixels + self.constant
+
+
+_MEASURED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def _padded(size: int, multiple: int) -> int:
@@ -179,6 +190,10 @@ def _cgroup_available() -> int | None:
     return None
 
 
+def _amount(size: float) -> str:
+    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2**20:.0f} MiB"
+
+
 def check_inference_memory(
     model: nn.Module, settings: InferenceSettings, sizes: Sequence[tuple[int, int]], device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext, what: str = "the largest image",
@@ -200,8 +215,8 @@ def check_inference_memory(
         else "use a smaller inference.crop_size or inference.window_batch"
     )
     raise ConfigError(
-        "inference.mode", f"{settings.mode} inference of {what} ({height}x{width}, HxW) needs at least {need / GIB:.2f} GiB on "
-        f"{device}, which has {available / GIB:.2f} GiB available", hint + (", and fewer inference.scales or inference.flip=false" if len(settings.scales) > 1 or settings.flip else ""),
+        "inference.mode", f"{settings.mode} inference of {what} ({height}x{width}, HxW) needs at least {_amount(need)} on "
+        f"{device}, which has {_amount(available)} available", hint + (", and fewer inference.scales or inference.flip=false" if len(settings.scales) > 1 or settings.flip else ""),
     )
 
 
