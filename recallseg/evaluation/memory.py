@@ -19,7 +19,7 @@ import contextlib
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -139,7 +139,7 @@ def inference_bytes(forward: ForwardMemory, settings: InferenceSettings, height:
             crop_h, crop_w = min(settings.crop_size[0], h), min(settings.crop_size[1], w)
             windows = min(len(window_grid(h, w, (crop_h, crop_w), settings.stride)), max(settings.window_batch // copies, 1))
             window = _padded(crop_h, settings.size_multiple) * _padded(crop_w, settings.size_multiple)
-            accumulators = 4 * copies * h * w * (forward.channels + 1 + 3)  # the logits' sum, the count map, the image
+            accumulators = 4 * h * w * (copies * (forward.channels + 3) + 1)  # the logits' sums and the images, one count map
             need = forward(copies * windows * window) + accumulators
         largest = max(largest, need)
     return largest

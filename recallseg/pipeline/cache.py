@@ -10,8 +10,8 @@ random.
 
 The files live in ``cache_dir/<Dataset>-<split>-<key>/``, where the key hashes everything that
 determines the frames (class, options, and each file's path, size, modification and change
-times and inode, see ``data.files.file_signature``): changing the
-data or the options makes a new cache, never a stale read. Several processes (DataLoader
+times and inode, see ``data.files.file_signature``): changing the data or the options makes a
+new cache, never a stale read. Several processes (DataLoader
 workers, one per GPU) share one cache: the files are created once, atomically, and each frame
 slot is written before its "filled" flag. The files are sparse until filled; the disk space
 needed is checked up front.

@@ -5,7 +5,6 @@ one value only or images whose EXIF orientation is not applied are warned about 
 import logging
 import os
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -145,3 +144,15 @@ def test_images_and_masks_are_read_as_stored_whatever_the_exif_orientation(tmp_p
     assert loaded.shape == (32, 48, 3) and mask.shape == (32, 48)
     assert np.abs(loaded.astype(int) - image).mean() < 8  # the stored pixels, not a rotated view
     assert len(caplog.records) == 1 and "carries EXIF orientation 6 (rotated 90 degrees)" in caplog.records[0].getMessage()
+
+
+def test_a_training_split_of_one_class_or_of_none_is_warned(caplog):
+    import torch
+
+    from recallseg.pipeline.class_statistics import ClassStatistics, warn_uniform_split
+
+    with caplog.at_level(logging.WARNING, logger="recallseg"):
+        warn_uniform_split(ClassStatistics(torch.tensor([0, 5, 0]), None, "computed over 2 images"), ["a", "b", "c"], "train")
+        warn_uniform_split(ClassStatistics(torch.tensor([0, 0, 0]), None, "computed over 2 images"), ["a", "b", "c"], "train")
+        warn_uniform_split(ClassStatistics(torch.tensor([1, 5, 0]), None, "computed over 2 images"), ["a", "b", "c"], "train")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["every labelled pixel of the train split is class 1 ('b')", "the train split has no labelled pixel"]
