@@ -81,6 +81,8 @@ def test_a_run_whose_validation_cannot_fit_is_refused_before_training(tmp_path, 
     from recallseg.evaluation import memory
 
     monkeypatch.setattr(memory, "available_memory", lambda device: 2**20)
+    # The measurement is the test above's; here, that a run asks for it and stops in one line.
+    monkeypatch.setattr(memory.ForwardMemory, "measure", classmethod(lambda cls, *args: cls(per_pixel=400.0)))
     line = refusal_of_a_run(tmp_path, capsys)
     assert line.startswith("error: inference.mode: whole inference of the largest val frame (64x64, HxW) needs at least")
     assert line.endswith("which has 1 MiB available; use inference.mode=slide (windows of inference.crop_size, a few at a time)")
