@@ -31,6 +31,9 @@ from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
 from recallseg.errors import DatasetError
 
 log = logging.getLogger("recallseg")
+# What ``check_frame`` has warned about, by dataset, root, split and kind: a split is loaded by more
+# than one dataset object in a run (training, class statistics), and said once.
+_WARNED: set[tuple[str, str, str, str]] = set()
 
 
 class SegmentationDataset(Dataset):
@@ -192,20 +195,20 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
     def check_frame(self, sample: Sample, mask: np.ndarray) -> None:
         """Warn, once per kind and split, about a label that is all one class or all ignored, and
         about an image whose EXIF orientation is not applied (images and labels are read as stored)."""
-        warned = self.__dict__.setdefault("_warned", set())
-        if "uniform" not in warned and mask.size and mask.min() == mask.max():
+        key = (type(self).__name__, str(self.root), self.split)
+        if (*key, "uniform") not in _WARNED and mask.size and mask.min() == mask.max():
             value = int(mask.flat[0])
             if value == self.ignore_index:
                 what = f"every pixel of {sample.label} is ignored ({value}): the frame takes no part in training or scoring"
             else:
                 name = self.classes[value] if 0 <= value < len(self.classes) else "?"
                 what = f"every pixel of {sample.label} is class {value} ({name})"
-            warned.add("uniform")
+            _WARNED.add((*key, "uniform"))
             log.warning("%s %s: %s%s; further such frames of this split are not reported", type(self).__name__, self.split, what, self.uniform_label_hint)
-        if "orientation" not in warned:
+        if (*key, "orientation") not in _WARNED:
             orientation = exif_orientation(sample.image)
             if orientation in ORIENTATIONS:
-                warned.add("orientation")
+                _WARNED.add((*key, "orientation"))
                 log.warning(
                     "%s %s: %s carries EXIF orientation %d (%s), which recallseg does not apply, to images as to labels: its label "
                     "must match the pixels as stored; if it was drawn on the rotated view, rotate the image file itself (e.g. "

@@ -21,6 +21,8 @@ from typing import Sequence
 log = logging.getLogger("recallseg")
 
 SHOWN = 5  # skipped entries named in the warning; the count covers the rest
+# A split is listed more than once in a run (for training and for its class statistics): said once.
+_REPORTED: set[str] = set()
 
 
 @dataclass
@@ -99,8 +101,11 @@ class Walk:
         shown = ", ".join(f"{self._name(path)} ({why})" for path, why in self.skipped[:SHOWN])
         more = f", ... and {len(self.skipped) - SHOWN} more" if len(self.skipped) > SHOWN else ""
         where = f" under {self.base}" if self.base is not None else ""
-        log.warning("%s: skipped %d entr%s%s: %s%s", self.what, len(self.skipped), "y" if len(self.skipped) == 1 else "ies", where, shown, more)
+        line = f"{self.what}: skipped {len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'}{where}: {shown}{more}"
         self.skipped = []
+        if line not in _REPORTED:
+            _REPORTED.add(line)
+            log.warning("%s", line)
 
     def _name(self, path: Path) -> str:
         if self.base is not None:
