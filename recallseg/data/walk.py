@@ -63,7 +63,7 @@ class Walk:
                 with os.scandir(current) as listing:
                     entries = sorted(listing, key=lambda entry: entry.name)
             except OSError as error:
-                self.skipped.append((current, f"unreadable directory: {error.strerror}"))
+                self.skipped.append((current, f"unreadable directory: {error.strerror or type(error).__name__}"))
                 continue
             for entry in entries:
                 if entry.name.startswith("."):
@@ -73,7 +73,8 @@ class Walk:
                     status = os.stat(entry.path)
                 except OSError as error:
                     loop = error.errno == errno.ELOOP
-                    self.skipped.append((path, "link loop" if loop else "dangling link" if entry.is_symlink() else error.strerror))
+                    why = "link loop" if loop else "dangling link" if entry.is_symlink() else error.strerror or type(error).__name__
+                    self.skipped.append((path, why))
                     continue
                 if entry.is_dir():
                     key = (status.st_dev, status.st_ino)
