@@ -55,7 +55,11 @@ def find_images(path: Path) -> list[tuple[Path, str]]:
         return [(path, path.stem)]
     if not path.is_dir():
         raise ToolError(f"input {path} does not exist; give an image file or a folder of images")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    from recallseg.data.walk import Walk
+
+    walk = Walk(f"input {path}", path)
+    files = walk.files(path)  # every file: decoding tells an image from anything else
+    walk.report()
     if not files:
         raise ToolError(f"no readable image in {path}: the folder is empty. Give a folder holding PNG, JPEG, BMP, TIFF or WebP images.")
     from recallseg.evaluation.predictions import unique_output_names
@@ -88,6 +92,19 @@ def write_run(output: Path, record: dict, training_run) -> Path:
     return output / "run.json"
 
 
+def input_sizes(images: list[tuple[Path, str]]) -> list[tuple[int, int]]:
+    """``(height, width)`` of the input images from their headers; files that are not images are left to decoding to name."""
+    from recallseg.data.files import image_size
+
+    sizes = []
+    for file, _ in images:
+        try:
+            sizes.append(tuple(image_size(file)))
+        except Exception:  # the loop below skips it with its reason
+            continue
+    return sizes
+
+
 def predict(cfg) -> list[Path]:
     import time
 
@@ -95,7 +112,9 @@ def predict(cfg) -> list[Path]:
 
     from recallseg.data.files import read_image
     from recallseg.errors import DatasetError
-    from recallseg.evaluation.inference import Inference, InferenceSettings
+    from recallseg.evaluation.inference import Inference, InferenceSettings, check_size_multiple
+    from recallseg.evaluation.memory import check_inference_memory
+    from recallseg.models.builder import input_divisor
     from recallseg.evaluation.predictions import PredictionWriter
     from recallseg.evaluation.run_record import new_record, with_end
     from recallseg.runtime.normalize import Normalizer
@@ -110,6 +129,8 @@ def predict(cfg) -> list[Path]:
     record.update(checkpoint=str(cfg.checkpoint), input=str(Path(cfg.input).resolve()))
     normalizer = Normalizer(loaded.mean, loaded.std, runtime, loaded.channel_order)
     infer = Inference(settings)
+    check_size_multiple(settings, input_divisor(model))
+    check_inference_memory(model, settings, input_sizes(images), runtime.device, runtime.autocast, "the largest input image")
     names = [name for _, name in images]
     palette = loaded.palette()
     writers = [PredictionWriter(Path(cfg.output) / fmt, fmt, names, classes, palette, cfg.alpha) for fmt in cfg.formats]

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from recallseg.config.finite import refuse_non_finite
 from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
 
@@ -212,6 +213,7 @@ def check_options(
             )
         if specs is not None:
             check_value(f"{key}.{option}", value, specs[option], options)
+        refuse_non_finite(value, f"{key}.{option}")  # without a spec, or where one lets a number through unread
     missing = [name for name, spec in (specs or {}).items() if spec.required and name not in options]
     if missing:
         raise ConfigError(f"{key}.{missing[0]}", f"is missing; {target} has no default for it", f"add {key}.{missing[0]}=<value>")

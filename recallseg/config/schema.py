@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from recallseg.config.finite import refuse_non_finite
 from recallseg.errors import ConfigError, nearest
 
 
@@ -285,6 +286,7 @@ def validate_train_config(cfg: Any) -> dict:
     """The composed training config as plain data, or a ConfigError for the first problem."""
     data = {k: v for k, v in resolved_mapping(cfg).items() if k != "hydra"}
     check_section(data, TRAIN, "")
+    refuse_non_finite(data, "")  # what the schema of a class's section does not see
     check_training_values(data)
     return data
 
@@ -293,5 +295,6 @@ def validate_eval_config(cfg: Any) -> dict:
     """The evaluation options (not the stored training config, which ``checkpoint_config`` checks)."""
     data = {k: v for k, v in resolved_mapping(cfg).items() if k in EVAL}
     check_section(data, EVAL, "")
+    refuse_non_finite(data, "")
     check_inference_values(data["inference"])
     return data

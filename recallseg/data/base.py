@@ -16,6 +16,7 @@ each (image file, label file) pair, checks the sizes agree, applies the optional
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,14 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from recallseg.data.files import file_signature, image_size, read_image, read_label
+from recallseg.data.files import ORIENTATIONS, exif_orientation, file_signature, image_size, read_image, read_label
 from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
 from recallseg.errors import DatasetError
+
+log = logging.getLogger("recallseg")
+# What ``check_frame`` has warned about, by dataset, root, split and kind: a split is loaded by more
+# than one dataset object in a run (training, class statistics), and said once.
+_WARNED: set[tuple[str, str, str, str]] = set()
 
 
 class SegmentationDataset(Dataset):
@@ -179,7 +185,36 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
             if (h, w) != (height, width):
                 image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
                 raw = cv2.resize(raw, (w, h), interpolation=cv2.INTER_NEAREST)
-        return image, self.decode_label(raw, sample.label)
+        mask = self.decode_label(raw, sample.label)
+        self.check_frame(sample, mask)
+        return image, mask
+
+    # Said after a frame whose label holds one value only (a dataset may know a likely cause).
+    uniform_label_hint = ""
+
+    def check_frame(self, sample: Sample, mask: np.ndarray) -> None:
+        """Warn, once per kind and split, about a label that is all one class or all ignored, and
+        about an image whose EXIF orientation is not applied (images and labels are read as stored)."""
+        key = (type(self).__name__, str(self.root), self.split)
+        if (*key, "uniform") not in _WARNED and mask.size and mask.min() == mask.max():
+            value = int(mask.flat[0])
+            if value == self.ignore_index:
+                what = f"every pixel of {sample.label} is ignored ({value}): the frame takes no part in training or scoring"
+            else:
+                name = self.classes[value] if 0 <= value < len(self.classes) else "?"
+                what = f"every pixel of {sample.label} is class {value} ({name})"
+            _WARNED.add((*key, "uniform"))
+            log.warning("%s %s: %s%s; further such frames of this split are not reported", type(self).__name__, self.split, what, self.uniform_label_hint)
+        if (*key, "orientation") not in _WARNED:
+            orientation = exif_orientation(sample.image)
+            if orientation in ORIENTATIONS:
+                _WARNED.add((*key, "orientation"))
+                log.warning(
+                    "%s %s: %s carries EXIF orientation %d (%s), which recallseg does not apply, to images as to labels: its label "
+                    "must match the pixels as stored; if it was drawn on the rotated view, rotate the image file itself (e.g. "
+                    "PIL.ImageOps.exif_transpose); further such images of this split are not reported",
+                    type(self).__name__, self.split, sample.image, orientation, ORIENTATIONS[orientation],
+                )  # fmt: skip
 
     def check_raw_label(self, raw: np.ndarray, path: Path) -> None:
         """Raise if ``raw`` holds unknown values (called on the full-size label, before any resize)."""
@@ -191,7 +226,7 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
         return image_size(self.samples[index].image)
 
     def cache_signature(self) -> dict[str, Any]:
-        """Everything that determines the loaded frames: class, options and the files (with size and mtime)."""
+        """Everything that determines the loaded frames: class, options and the files (``file_signature``: size, times, inode)."""
         files = [None if path is None else file_signature(path) for sample in self.samples for path in (sample.image, sample.label)]
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",

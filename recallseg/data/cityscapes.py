@@ -25,6 +25,7 @@ import numpy as np
 from recallseg.data.base import FilePairDataset, Sample
 from recallseg.data.labels import check_label_values, checked_ignore_index, lookup_table
 from recallseg.data.layout import layout_error, list_files, pair_files
+from recallseg.data.walk import Walk
 from recallseg.errors import DatasetError
 
 CLASSES = (
@@ -62,6 +63,8 @@ CLASS_SETS = ("cityscapes19", "synthia16")
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIXES = {"labelIds": "_gtFine_labelIds.png", "labelTrainIds": "_gtFine_labelTrainIds.png"}
+# The rest of the public gtFine download: part of the layout, never read.
+UNUSED_LABEL_FILES = ("_gtFine_color.png", "_gtFine_instanceIds.png", "_gtFine_polygons.json")
 LAYOUT = """\
   leftImg8bit/{train,val,test}/CITY/CITY_SEQ_FRAME_leftImg8bit.png
   gtFine/{train,val,test}/CITY/CITY_SEQ_FRAME_gtFine_labelIds.png        (or _gtFine_labelTrainIds.png)"""
@@ -131,11 +134,15 @@ class Cityscapes(FilePairDataset):
             found = self.root / "leftImg8bit" if (self.root / "leftImg8bit").is_dir() else self.root
             hint = "root looks like leftImg8bit/ itself; set it to the directory above" if self.root.name == "leftImg8bit" else ""
             raise layout_error("Cityscapes", self.root, LAYOUT, f"no image directory {image_dir}", found, hint)
-        images = {self._key(p, IMAGE_SUFFIX): p for p in list_files(image_dir, IMAGE_SUFFIX, recursive=True)}
+        walk = Walk(f"Cityscapes {self.split}", self.root)
+        image_files = list_files(image_dir, IMAGE_SUFFIX, recursive=True, walk=walk, kind=f"a *{IMAGE_SUFFIX} image")
+        images = {self._key(p, IMAGE_SUFFIX): p for p in image_files}
         if not images:
+            walk.report()
             raise layout_error("Cityscapes", self.root, LAYOUT, f"no *{IMAGE_SUFFIX} files under {image_dir}", image_dir)
 
-        labels = self._find_labels(label_dir)
+        labels = self._find_labels(label_dir, walk)
+        walk.report()
         if not labels:
             if self.split == "test":  # no public test labels: all-ignore masks, see the module docstring
                 return [Sample(images[k], None) for k in sorted(images)]
@@ -151,12 +158,11 @@ class Cityscapes(FilePairDataset):
         )
         return [Sample(image, label) for image, label in pairs]
 
-    def _find_labels(self, label_dir: Path) -> dict[str, Path]:
+    def _find_labels(self, label_dir: Path, walk: Walk) -> dict[str, Path]:
         if not label_dir.is_dir():
             return {}
-        found: dict[str, dict[str, Path]] = {}
-        for kind, suffix in LABEL_SUFFIXES.items():
-            found[kind] = {self._key(p, suffix): p for p in list_files(label_dir, suffix, recursive=True)}
+        files = list_files(label_dir, tuple(LABEL_SUFFIXES.values()), recursive=True, walk=walk, unused=UNUSED_LABEL_FILES, kind="a gtFine label")
+        found = {kind: {self._key(p, suffix): p for p in files if p.name.endswith(suffix)} for kind, suffix in LABEL_SUFFIXES.items()}
         if self.label_type != "auto":
             return found[self.label_type]
         return {**found["labelIds"], **found["labelTrainIds"]}  # trainIds files win where both exist

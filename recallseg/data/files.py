@@ -2,6 +2,11 @@
 
 Decoding stays in uint8/uint16 with OpenCV; there is no float work on the CPU. Every failure is
 a :class:`DatasetError` naming the file: missing, empty, unreadable or corrupt.
+
+Pixels are read as stored: an EXIF orientation tag is never applied, to images or to labels.
+OpenCV would rotate a colour image by its tag but never a label read unchanged, so applying it
+to one and not the other would pair a rotated photo with an unrotated mask. Datasets warn when
+an image that has a label carries an orientation (``exif_orientation``).
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ def _imread(path: Path, flags: int) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file into an HxWx3 uint8 RGB array (16-bit images are scaled to 8 bits)."""
-    image = _imread(Path(path), cv2.IMREAD_COLOR_RGB)
+    """Decode an image file into an HxWx3 uint8 RGB array (16-bit images are scaled to 8 bits), as stored:
+    its EXIF orientation is not applied (see the module docstring)."""
+    image = _imread(Path(path), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     if image.dtype != np.uint8:  # IMREAD_COLOR already converts depth; defensive for exotic builds
         raise DatasetError(f"{path}: expected an 8-bit image, decoded {image.dtype}")
     return image
@@ -122,12 +128,48 @@ def png_size(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(height, width)`` of an image file: from the header of a PNG, by decoding any other format."""
-    return png_size(path) or read_image(path).shape[:2]
+    """``(height, width)`` of an image file as ``read_image`` decodes it, from its header where Pillow
+    can read one (orientation not applied, as ``read_image`` does not), else by decoding it."""
+    size = png_size(path)
+    if size is not None:
+        return size
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+        return int(height), int(width)
+    except Exception:  # decoding names the problem, or reads what Pillow cannot
+        return read_image(path).shape[:2]
+
+
+# The EXIF orientation tag's values that move pixels (1 is "as stored").
+ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped", 5: "transposed", 6: "rotated 90 degrees", 7: "transversed", 8: "rotated 270 degrees"}
+EXIF_EXTENSIONS = (".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".png")
+
+
+def exif_orientation(path: str | os.PathLike) -> int | None:
+    """The EXIF orientation tag of an image file (1: as stored), or None when it has none or cannot tell.
+
+    Reads the header only, never the pixels."""
+    if not str(path).lower().endswith(EXIF_EXTENSIONS):
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(0x0112)
+    except Exception:  # decoding the pixels names any problem with the file
+        return None
+    return int(value) if isinstance(value, int) else None
 
 
 def file_signature(path: str | os.PathLike) -> list:
-    """``[resolved path, size, modification time in ns]``: what tells a replaced or edited file from the one seen before."""
+    """``[resolved path, size, mtime ns, ctime ns, inode]``: what tells a replaced or edited file from the one seen before.
+
+    Size and modification time alone can be put back by ``cp -p``, ``rsync -a`` or an archive over
+    rewritten content; the change time and the inode cannot be set from user space, and any
+    rewrite moves one of them."""
     path = Path(path)
     stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]

@@ -37,6 +37,7 @@ from recallseg.data.base import FilePairDataset, Sample
 from recallseg.data.files import IMAGE_EXTENSIONS
 from recallseg.data.labels import check_label_values, checked_ignore_index
 from recallseg.data.layout import layout_error, pair_files
+from recallseg.data.walk import Walk
 from recallseg.errors import DatasetError
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
@@ -164,14 +165,15 @@ class FolderDataset(FilePairDataset):
             if not directory.is_dir():
                 raise layout_error("FolderDataset", self.root, LAYOUT, f"no directory {directory}")
         list_file = next((p for p in (self.root / f"{self.split}.txt", self.root / "splits" / f"{self.split}.txt") if p.is_file()), None)
+        walk = Walk(f"FolderDataset {self.split}", self.root)
         if (self.images_dir / self.split).is_dir() or (self.masks_dir / self.split).is_dir():
             image_dir, mask_dir = self.images_dir / self.split, self.masks_dir / self.split
-            images = self._by_stem(image_dir, IMAGE_EXTENSIONS)
-            masks = self._by_stem(mask_dir, MASK_EXTENSIONS)
+            images = self._by_stem(image_dir, IMAGE_EXTENSIONS, walk, "an image")
+            masks = self._by_stem(mask_dir, MASK_EXTENSIONS, walk, f"a mask ({', '.join(MASK_EXTENSIONS)})")
         elif list_file is not None or self.split == "all":
             image_dir, mask_dir = self.images_dir, self.masks_dir
-            images = self._by_stem(image_dir, IMAGE_EXTENSIONS)
-            masks = self._by_stem(mask_dir, MASK_EXTENSIONS)
+            images = self._by_stem(image_dir, IMAGE_EXTENSIONS, walk, "an image")
+            masks = self._by_stem(mask_dir, MASK_EXTENSIONS, walk, f"a mask ({', '.join(MASK_EXTENSIONS)})")
             if list_file is not None:
                 stems = [line.strip() for line in list_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
                 unknown = [s for s in stems if s not in images and s not in masks]
@@ -190,6 +192,7 @@ class FolderDataset(FilePairDataset):
                 "FolderDataset", self.root, LAYOUT,
                 f"split {self.split!r} is neither a subdirectory {self.images_dir / self.split} nor a list file {self.root / (self.split + '.txt')}",
             )  # fmt: skip
+        walk.report()
         if not images and not masks:
             raise layout_error("FolderDataset", self.root, LAYOUT, f"no images for split {self.split!r} in {image_dir}", image_dir)
         pairs = pair_files(
@@ -199,14 +202,12 @@ class FolderDataset(FilePairDataset):
         )  # fmt: skip
         return [Sample(image, mask) for image, mask in pairs]
 
-    def _by_stem(self, directory: Path, extensions: Sequence[str]) -> dict[str, Path]:
+    def _by_stem(self, directory: Path, extensions: Sequence[str], walk: Walk, kind: str) -> dict[str, Path]:
         """Files under ``directory`` keyed by relative path without extension; two files of one stem are an error."""
         found: dict[str, Path] = {}
         if not directory.is_dir():
             return found
-        for path in sorted(directory.rglob("*")):
-            if not path.is_file() or path.suffix.lower() not in extensions:
-                continue
+        for path in walk.files(directory, extensions, kind=kind):
             key = path.relative_to(directory).with_suffix("").as_posix()
             if key in found:
                 raise DatasetError(f"FolderDataset: two files share the name {key!r}: {found[key]} and {path}; keep one")

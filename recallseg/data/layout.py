@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from recallseg.data.walk import Walk
 from recallseg.errors import DatasetError
 
 
@@ -41,11 +42,31 @@ def layout_error(dataset: str, root: Path, expected: str, problem: str, found: P
     return DatasetError(message)
 
 
-def list_files(directory: Path, suffix: str | Sequence[str], recursive: bool = False) -> list[Path]:
-    """Files of ``directory`` whose name ends with ``suffix`` (sorted)."""
+def list_files(
+    directory: Path, suffix: str | Sequence[str], recursive: bool = False, walk: Walk | None = None, unused: Sequence[str] = (),
+    kind: str = "an image",
+) -> list[Path]:
+    """Files of ``directory`` whose name ends with ``suffix`` (sorted), symbolic links followed.
+
+    What the listing passes over is added to ``walk``, whose ``report`` names it; without one it
+    is reported at once.
+    """
     suffixes = (suffix,) if isinstance(suffix, str) else tuple(suffix)
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in Path(directory).glob(pattern) if p.name.endswith(suffixes) and p.is_file())
+    collector = walk if walk is not None else Walk(str(directory))
+    files = collector.files(directory, suffixes, recursive=recursive, unused=unused, kind=kind)
+    if walk is None:
+        collector.report()
+    return files
+
+
+def require_samples(
+    dataset: str, split: str, count: int, root: Path | None = None, why: str = "",
+    fix: str = "point dataset.root at the data, change the dataset's split options, or choose another split",
+) -> None:
+    """Refuse an empty split: training on it ends without a score, scoring it writes only n/a."""
+    if count == 0:
+        where = f" under {root}" if root is not None else ""
+        raise DatasetError(f"{dataset}: the {split} split{where} is empty" + (f": {why}" if why else "") + f"; {fix}")
 
 
 def pair_files(

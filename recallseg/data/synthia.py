@@ -18,8 +18,9 @@ import numpy as np
 from recallseg.data.base import FilePairDataset, Sample
 from recallseg.data.files import read_label
 from recallseg.data.labels import check_label_values, checked_ignore_index, lookup_table
-from recallseg.data.layout import layout_error, list_files, pair_files
+from recallseg.data.layout import layout_error, list_files, pair_files, require_samples
 from recallseg.data.synthia_splits import SPLIT_PROCEDURES, split_positions
+from recallseg.data.walk import Walk
 
 LABEL_CHANNEL = 2  # R in OpenCV's BGR order
 
@@ -72,6 +73,11 @@ def _names(values: Sequence[str] | str | None, prefix: str, allowed: Sequence[st
 
 
 class _SynthiaBase(FilePairDataset):
+    uniform_label_hint = (
+        " (a SYNTHIA label keeps the class id in the R channel of a 16-bit PNG: one saved in another channel order "
+        "reads as all void)"
+    )
+
     def __init__(self, root, split, transform, resize, seed, split_fractions, ignore_index):
         super().__init__(root, split, transform=transform, resize=resize)
         self.ignore_index = checked_ignore_index(type(self).__name__, ignore_index, len(self.classes))
@@ -82,8 +88,10 @@ class _SynthiaBase(FilePairDataset):
         return read_label(path, channel=LABEL_CHANNEL)
 
     def _select(self, pairs: list[tuple[str, Path, Path]], procedure: str = "recallseg") -> list[Sample]:
-        """The samples of ``self.split`` among ``(relative path, image, label)`` pairs."""
+        """The samples of ``self.split`` among ``(relative path, image, label)`` pairs; an empty split is refused."""
         positions = split_positions([key for key, _, _ in pairs], self.split, self.seed, self.split_fractions, procedure)
+        why = f"split_fractions {list(self.split_fractions)} (seed {self.seed}, split_procedure {procedure}) give it none of the {len(pairs)} frames"
+        require_samples(type(self).__name__, self.split, len(positions), self.root, why, "give it a larger fraction, add frames, or use split=all")
         return [Sample(pairs[i][1], pairs[i][2]) for i in positions]
 
 
@@ -154,7 +162,7 @@ class Synthia(_SynthiaBase):
     def _find_pairs(self) -> list[tuple[str, Path, Path]]:
         if not self.root.is_dir():
             raise layout_error("Synthia", self.root, SEQS_LAYOUT, f"root {self.root} is not a directory")
-        pairs = []
+        pairs, walk = [], Walk(f"Synthia {self.split}", self.root)
         for sequence in self.sequences:
             seq_dir = self.root / sequence
             if not seq_dir.is_dir():
@@ -172,11 +180,12 @@ class Synthia(_SynthiaBase):
                     if not label_dir.is_dir():
                         found = next((d for d in (label_dir.parent, label_dir.parent.parent, seq_dir / "GT", seq_dir) if d.is_dir()), seq_dir)
                         raise layout_error("Synthia", self.root, SEQS_LAYOUT, f"no label directory {label_dir}", found)
-                    images = {p.name: p for p in list_files(image_dir, ".png")}
-                    labels = {p.name: p for p in list_files(label_dir, ".png")}
+                    images = {p.name: p for p in list_files(image_dir, ".png", walk=walk, kind="a PNG frame")}
+                    labels = {p.name: p for p in list_files(label_dir, ".png", walk=walk, kind="a PNG label")}
                     expected_label, expected_image = (lambda k, d=label_dir: d / k), (lambda k, d=image_dir: d / k)
                     for image, label in pair_files("Synthia", images, labels, expected_label, expected_image):
                         pairs.append((f"{sequence}/{side}/{camera}/{image.name}", image, label))
+        walk.report()
         if not pairs:
             raise layout_error("Synthia", self.root, SEQS_LAYOUT, "no PNG frames found", self.root / self.sequences[0] / "RGB")
         return pairs
@@ -232,8 +241,10 @@ class SynthiaRandCityscapes(_SynthiaBase):
             if not directory.is_dir():
                 found = label_dir.parent if directory == label_dir and label_dir.parent.is_dir() else self.root
                 raise layout_error("SynthiaRandCityscapes", self.root, RAND_LAYOUT, f"no directory {directory}", found)
-        images = {p.name: p for p in list_files(image_dir, ".png")}
-        labels = {p.name: p for p in list_files(label_dir, ".png")}
+        walk = Walk(f"SynthiaRandCityscapes {self.split}", self.root)
+        images = {p.name: p for p in list_files(image_dir, ".png", walk=walk, kind="a PNG frame")}
+        labels = {p.name: p for p in list_files(label_dir, ".png", walk=walk, kind="a PNG label")}
+        walk.report()
         if not images:
             raise layout_error("SynthiaRandCityscapes", self.root, RAND_LAYOUT, f"no PNG frames in {image_dir}", image_dir)
         pairs = pair_files("SynthiaRandCityscapes", images, labels, lambda k: label_dir / k, lambda k: image_dir / k)

@@ -161,6 +161,15 @@ def _pair(value: Any) -> Any:
     return [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
+def check_size_multiple(settings: InferenceSettings, divisor: int | None) -> None:
+    """Refuse a ``size_multiple`` the network cannot take (``divisor``: ``models.builder.input_divisor``)."""
+    if divisor is not None and settings.size_multiple % divisor:
+        raise ConfigError(
+            "inference.size_multiple", f"{settings.size_multiple} pads images to multiples of {settings.size_multiple}, but the model "
+            f"needs sides divisible by {divisor} (its output stride)", f"set inference.size_multiple={divisor} (or a multiple of it)",
+        )
+
+
 class Inference:
     """``Inference(settings)(model, x)``: logits at the input size, with the settings' mode and TTA."""
 

@@ -10,17 +10,24 @@ import torch.distributed as dist
 
 
 class ConfusionMatrix:
-    """``matrix[t, p]`` counts pixels of ground-truth class t predicted as p.
+    """``matrix[t, p]`` counts pixels of ground-truth class t predicted as p; pixels whose target is
+    ``ignore_index`` are not counted.
 
-    ``update`` is free of host synchronisation (one ``index_add_`` into C*C+1 bins, the
-    last bin collecting ignored pixels), so evaluation never stalls the GPU per batch.
+    ``update`` is free of host synchronisation (one ``index_add_`` into C*C+3 bins), so evaluation
+    never stalls the GPU per batch. Besides the C*C cells, one bin collects the ignored pixels
+    and two count what no cell can hold: targets that are neither a class id nor the ignore
+    index, and predictions outside ``0..C-1`` at pixels that are scored. Those would otherwise
+    spill into a neighbouring cell (a prediction of C into the next row's class 0); ``compute``,
+    which reads the counts back once, raises a ``ValueError`` if either is not zero.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu"):
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
+        if 0 <= self.ignore_index < self.num_classes:
+            raise ValueError(f"ignore_index {self.ignore_index} is also a class id (0..{self.num_classes - 1}): that class could never be scored")
         self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
-        self._bins = torch.zeros(self.num_classes**2 + 1, dtype=torch.int64, device=device)
+        self._bins = torch.zeros(self.num_classes**2 + 3, dtype=torch.int64, device=device)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of predicted and ground-truth class maps (same shape, integer)."""
@@ -29,14 +36,26 @@ class ConfusionMatrix:
         C = self.num_classes
         target = target.to(self._bins.device).long()
         prediction = prediction.to(self._bins.device).long()
-        valid = (target >= 0) & (target < C)
-        index = torch.where(valid, target * C + prediction, torch.full_like(target, C * C))
+        ignored = target == self.ignore_index
+        known = (target >= 0) & (target < C)
+        predicted = (prediction >= 0) & (prediction < C)
+        index = torch.where(known & predicted, target * C + prediction, C * C + 2)  # the last: a prediction outside 0..C-1
+        index = torch.where(known, index, C * C + 1)  # a target neither a class nor ignored
+        index = torch.where(ignored, C * C, index)
         self._bins.index_add_(0, index.reshape(-1), torch.ones(1, dtype=torch.int64, device=index.device).expand(index.numel()))
 
     def compute(self) -> torch.Tensor:
-        """The C x C matrix so far (folds pending counts into ``matrix``)."""
-        self.matrix += self._bins[:-1].view(self.num_classes, self.num_classes)
+        """The C x C matrix so far (folds pending counts into ``matrix``); raises if a target or a
+        prediction outside the classes was added (see the class docstring)."""
+        C = self.num_classes
+        self.matrix += self._bins[: C * C].view(C, C)
+        bad_targets, bad_predictions = self._bins[C * C + 1 :].tolist()
         self._bins.zero_()
+        if bad_targets or bad_predictions:
+            raise ValueError(
+                f"ConfusionMatrix: {bad_targets} target pixel(s) neither a class id (0..{C - 1}) nor the ignore index "
+                f"{self.ignore_index}, and {bad_predictions} scored pixel(s) predicted outside 0..{C - 1}; such pixels are not counted"
+            )
         return self.matrix
 
     def all_reduce(self) -> None:

@@ -23,7 +23,9 @@ from recallseg.evaluation.loop import evaluate
 from recallseg.evaluation.samples import evaluation_loader, evaluation_samples, sample_names
 from recallseg.evaluation.report import write_evaluation_report
 from recallseg.evaluation.run_record import differences_from_training, evaluation_record, log_record, with_end
-from recallseg.evaluation.inference import Inference, InferenceSettings
+from recallseg.evaluation.inference import Inference, InferenceSettings, check_size_multiple
+from recallseg.evaluation.memory import check_inference_memory, frame_sizes
+from recallseg.models.builder import input_divisor
 from recallseg.evaluation.predictions import PredictionWriter
 from recallseg.runtime.device import init_runtime
 from recallseg.runtime.normalize import Normalizer
@@ -72,6 +74,8 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     samples = evaluation_samples(
         stored["dataset"], dataset, full_resolution, keep_image=writer is not None and writer.needs_image, trusted=False, named_by_user=named
     )  # fmt: skip
+    check_size_multiple(settings, input_divisor(model))
+    check_inference_memory(model, settings, frame_sizes(dataset, samples.transform), runtime.device, runtime.autocast, f"the largest {split} frame")
     batch_size = evaluation["batch_size"] or trainer.get("batch_size", 1)
     loader = evaluation_loader(samples, batch_size, evaluation["num_workers"], runtime.rank, runtime.world_size, pin_memory=runtime.device.type == "cuda")
     normalizer = Normalizer.for_model(stored["model"], runtime)
@@ -95,8 +99,11 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     confusion = matrix.compute()
     metrics = metrics_from_confusion(confusion, classes)
     if runtime.is_main:
-        if int(confusion.sum()) == 0:
+        present = [classes[c] for c in torch.nonzero(confusion.sum(1)).flatten().tolist()]
+        if not present:
             log.warning("no labelled pixels in the %s split (a test split without public labels?): every metric is n/a", split)
+        elif len(present) == 1 and len(classes) > 1:
+            log.warning("every labelled pixel of the %s split is class %r: the scores say nothing of the other classes", split, present[0])
         print(format_table(metrics), flush=True)
         extra: dict[str, Any] = {
             "iteration": int(state.get("iteration", 0)),

@@ -3,6 +3,7 @@ Samples", CVPR 2019)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 from recallseg.losses.class_weights import class_weights_from_counts
@@ -10,6 +11,8 @@ from recallseg.losses.fused.statistics import KERNEL
 from recallseg.losses.registry import LossContext
 from recallseg.losses.weighted_cross_entropy import BETA, NORMALIZE, WeightedCrossEntropyLoss
 from recallseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
@@ -58,4 +61,5 @@ class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
             )
         beta = options.pop("beta", "auto")
         weights = class_weights_from_counts(context.class_pixel_counts(), mode="effective_number", beta=beta)
+        log.info("%s class weights from the training split's statistics (beta %s): %s", cls.__name__, beta, [round(float(w), 4) for w in weights])
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=weights.tolist(), **options)

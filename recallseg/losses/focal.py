@@ -32,6 +32,7 @@ class FocalLoss(SegmentationLoss):
     Reference: https://arxiv.org/abs/1708.02002
     """
 
+    derived_buffers = ("alpha",)
     options = {"gamma": Option(float, minimum=0), "alpha": Option(list, item=float, minimum=0, per_class=True, null=True)}
 
     def __init__(self, num_classes: int, ignore_index: int = 255, gamma: float = 2.0, alpha: Sequence[float] | None = None):

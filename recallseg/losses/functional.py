@@ -7,6 +7,16 @@ from __future__ import annotations
 import torch
 
 
+def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int, loss: str) -> None:
+    """Fail, as ``F.cross_entropy`` does, on a label that is neither a class id nor ``ignore_index``,
+    and as it does without a host sync: on the CPU at once, on CUDA through a device-side assertion.
+
+    The losses that compare labels with each class instead of indexing by them would otherwise
+    take such a pixel as one of no class."""
+    known = (target == ignore_index) | ((target >= 0) & (target < num_classes))
+    torch._assert_async(known.all(), f"{loss}: a target label is neither a class id (0..{num_classes - 1}) nor the ignore index {ignore_index}")
+
+
 def valid_mask(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Boolean mask of pixels that take part in the loss."""
     return target != ignore_index

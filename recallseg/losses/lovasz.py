@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recallseg.losses.functional import safe_target, valid_mask
+from recallseg.losses.functional import check_labels, safe_target, valid_mask
 from recallseg.losses.registry import RegionLoss
 
 # Why not segmentation_models_pytorch.losses.LovaszLoss: it drops ignored pixels with
@@ -22,6 +22,7 @@ def lovasz_softmax(
 ) -> torch.Tensor:
     """Lovász-softmax of ``logits (N, C, H, W)`` against ``target (N, H, W)``; see ``LovaszLoss``."""
     num_classes = logits.shape[1]
+    check_labels(target, num_classes, ignore_index, "LovaszLoss")
     probs = F.softmax(logits.float(), dim=1)
     valid = valid_mask(target, ignore_index)
     safe = safe_target(target, valid)

@@ -68,12 +68,21 @@ class LossContext:
 class SegmentationLoss(nn.Module):
     """Base class of recallseg losses: ``loss(logits[N,C,H,W], target[N,H,W]) -> scalar``.
 
+    Every recallseg loss computes in float32 and returns a float32 scalar, whatever the logits'
+    dtype: half and bfloat16 logits (AMP) are upcast before the softmax, and float64 logits are
+    rounded to float32. A target label that is neither a class id nor ``ignore_index`` fails as
+    in ``F.cross_entropy``: at once on the CPU, as a device-side assertion on CUDA.
+
     ``options``, name -> ``Option``, is everything a config section may set for the loss; with
     a custom ``from_config`` that is what it takes, not what the constructor takes. A loss that
     declares none takes its constructor's keyword arguments, with any value.
     """
 
     options: ClassVar[Mapping[str, Option] | None] = None
+    # Buffers a loss computes when it is built, from its options and the training split (class
+    # weights): a resumed run keeps the ones it built rather than the checkpoint's, as it keeps
+    # every other value of its config (``load_training_state``).
+    derived_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A loss built in Python (``RecallLoss(4, momentum=1.0)``) is held to the same declared
@@ -123,6 +132,24 @@ class RegionLoss(SegmentationLoss):
         super().__init__(num_classes, ignore_index)
         self.classes = classes
         self.per_image = bool(per_image)
+
+
+def load_training_state(loss: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load a checkpoint's loss state, keeping the ``derived_buffers`` this run built; returns the
+    keys of those whose stored values differ from this run's."""
+    built = {}
+    for prefix, module in loss.named_modules():
+        for name in getattr(module, "derived_buffers", ()):
+            if isinstance(getattr(module, name, None), torch.Tensor):
+                built[f"{prefix}.{name}" if prefix else name] = (module, name, getattr(module, name).detach().clone())
+    loss.load_state_dict(state)
+    changed = []
+    for key, (module, name, value) in built.items():
+        stored = state.get(key)
+        if stored is None or stored.shape != value.shape or not torch.equal(stored.to(value.device, value.dtype), value):
+            changed.append(key)
+        getattr(module, name).copy_(value)
+    return changed
 
 
 def register_loss(name: str, **defaults: Any) -> Callable[[type[SegmentationLoss]], type[SegmentationLoss]]:

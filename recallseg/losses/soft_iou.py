@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recallseg.losses.functional import safe_target, valid_mask
+from recallseg.losses.functional import check_labels, safe_target, valid_mask
 from recallseg.losses.registry import RegionLoss
 
 
@@ -14,6 +14,7 @@ def soft_iou_loss(
 ) -> torch.Tensor:
     """Soft IoU loss of ``logits (N, C, H, W)`` against ``target (N, H, W)``; see ``SoftIoULoss``."""
     num_classes = logits.shape[1]
+    check_labels(target, num_classes, ignore_index, "SoftIoULoss")
     probs = F.softmax(logits.float(), dim=1)
     valid = valid_mask(target, ignore_index).unsqueeze(1)  # N x 1 x H x W
     safe = safe_target(target, valid.squeeze(1))

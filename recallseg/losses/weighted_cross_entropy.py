@@ -43,6 +43,10 @@ def read_weights_file(path: str | Path) -> list[float]:
         raise ConfigError("loss.weights_file", f"{path} must hold a list of numbers ({error})", "write a JSON list or one number per line") from None
 
 
+def _rounded(weights: Any) -> list[float]:
+    return [round(float(w), 4) for w in weights]
+
+
 class WeightedCrossEntropyLoss(SegmentationLoss):
     """Pixel-wise cross entropy with fixed class weights.
 
@@ -62,6 +66,7 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
     ``kernel`` is ``"torch"``, ``"triton"`` or ``"auto"``, as for recall loss (``fused_statistics``).
     """
 
+    derived_buffers = ("weights",)
     options = {
         "mode": Option(str, choices=(*WEIGHT_MODES, *RENAMED_MODES)),
         "beta": BETA,
@@ -106,6 +111,7 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
                     raise ConfigError("loss.mode", "median_frequency needs the training split's class statistics", "train on a dataset")
                 image_pixels = context.class_statistics().image_pixels
             weights = class_weights_from_counts(context.class_pixel_counts(), mode=mode, beta=beta, image_pixels=image_pixels)
+            log.info("%s class weights from the training split's statistics (mode %s): %s", cls.__name__, mode, _rounded(weights))
         return cls(num_classes=context.num_classes, ignore_index=context.ignore_index, weights=list(map(float, weights)), **options)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,16 @@ def without_downloads(options: Mapping[str, Any]) -> dict[str, Any]:
     return {key: (None if key.endswith("weights") else False if key == "pretrained" else value) for key, value in options.items()}
 
 
+def input_divisor(model: nn.Module) -> int | None:
+    """What the sides of the network's input must be multiples of, as the network declares it
+    (segmentation-models-pytorch's ``requires_divisible_input_shape`` and encoder stride); None
+    for a network that takes any size or does not say."""
+    if not getattr(model, "requires_divisible_input_shape", False):
+        return None
+    stride = getattr(getattr(model, "encoder", None), "output_stride", None)
+    return int(stride) if isinstance(stride, int) and stride > 1 else None
+
+
 def build_model(
     cfg: Mapping[str, Any], num_classes: int, *, trusted: bool = True, named_by_user: frozenset[str] = frozenset(), offline: bool = False
 ) -> nn.Module:

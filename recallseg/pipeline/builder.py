@@ -27,8 +27,9 @@ from recallseg.config.construct import build
 from recallseg.config.schema import DATASET_RESERVED
 from recallseg.errors import ConfigError
 from recallseg.data.base import SegmentationDataset
+from recallseg.data.layout import require_samples
 from recallseg.pipeline.cache import CachedDataset, default_cache_dir
-from recallseg.pipeline.transforms import build_transform
+from recallseg.pipeline.transforms import build_transform, check_output_size, output_size
 
 # The class and the keys the builder consumes; the rest are constructor arguments.
 RESERVED_KEYS = ("_target_", *DATASET_RESERVED)
@@ -78,6 +79,8 @@ def build_dataset(
         )
     section = {"_target_": cfg["_target_"], **options}
     dataset = build(section, "dataset", kind=SegmentationDataset, trusted=trusted, named_by_user=named_by_user, split=split, transform=None)
+    if hasattr(dataset, "__len__"):  # a class the user names for a run is held to the contract where it is used
+        require_samples(type(dataset).__name__, split, len(dataset), getattr(dataset, "root", None))
     if cfg.get("cache", False):
         try:
             dataset = CachedDataset(dataset, cfg.get("cache_dir"))
@@ -102,3 +105,30 @@ def _reason(error: OSError) -> str:
 
 def _round_to(value: int, divisor: int) -> int:
     return max(int(round(int(value) / int(divisor))), 1) * int(divisor)
+
+
+def check_frame_sizes(cfg: Mapping[str, Any], dataset: SegmentationDataset, divisor: int | None) -> None:
+    """Refuse, before the first step, training frames whose sides the network cannot take (``divisor``:
+    ``models.builder.input_divisor``); the dataset carries its training transform."""
+    if divisor is None:
+        return
+    size_divisor = cfg.get("size_divisor")
+    if size_divisor:
+        if int(size_divisor) % divisor:
+            raise ConfigError(
+                "dataset.size_divisor", f"{size_divisor} pads frames to multiples of {size_divisor}, but the model needs sides divisible by {divisor} (its output stride)",
+                f"set dataset.size_divisor={divisor} (or a multiple of it)",
+            )
+        return
+    transforms = list(getattr(dataset.transform, "transforms", []))
+    if check_output_size(transforms, divisor, "dataset.train_transform") != "variable":
+        return  # a fixed size, checked just now, or padded to a multiple
+    frame = tuple(dataset.frame_shape(0)) if hasattr(dataset, "frame_shape") else tuple(dataset.load(0)[0].shape[:2])
+    size = output_size(dataset.transform, frame)
+    if size is None or size[0] % divisor or size[1] % divisor:
+        made = "frames of varying sizes" if size is None else f"{size[0]}x{size[1]} (HxW) frames ({dataset.describe(0)})"
+        raise ConfigError(
+            "dataset.size_divisor", f"is null and training gets {made}, but the model needs sides divisible by {divisor} (its output stride)",
+            f"set dataset.size_divisor={divisor} to pad them, or resize or crop them to multiples of {divisor}",
+        )
+

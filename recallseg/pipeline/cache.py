@@ -9,8 +9,9 @@ is a slice of the memory map. Transforms run after the cache, so random augmenta
 random.
 
 The files live in ``cache_dir/<Dataset>-<split>-<key>/``, where the key hashes everything that
-determines the frames (class, options, file paths, sizes and modification times): changing the
-data or the options makes a new cache, never a stale read. Several processes (DataLoader
+determines the frames (class, options, and each file's path, size, modification and change
+times and inode, see ``data.files.file_signature``): changing the data or the options makes a
+new cache, never a stale read. Several processes (DataLoader
 workers, one per GPU) share one cache: the files are created once, atomically, and each frame
 slot is written before its "filled" flag. The files are sparse until filled; the disk space
 needed is checked up front (too little is a ``ConfigError`` giving both sizes). A cache folder

@@ -7,8 +7,11 @@ Two numbers per class c, both over the labelled (non-ignored) pixels:
   Fergus's median-frequency balancing divides by: ``freq_c = pixel_counts[c] / image_pixels[c]``).
 
 The cache file is keyed by the dataset config (without transforms and other keys that do not
-change the labels), the split and, for file datasets, every label file's path, size and
-modification time: relabelled or replaced files never reuse stale statistics. Computing them
+change the labels), the split and, for file datasets, every label file's identity (path, size,
+modification and change times, inode): relabelled or replaced files never reuse stale
+statistics, even when their size and modification time were put back. A statistics file
+records which label files it describes (``label_files.py``), and a run refuses one computed
+from other labels. Computing them
 leaves every random stream (torch, CUDA, numpy, python ``random``) as it was, so a run that
 computes the statistics and one that reads them from the cache train identically.
 """
@@ -32,7 +35,7 @@ from recallseg.atomic_files import atomic_write
 from recallseg.errors import ConfigError
 from recallseg.config.schema import DATASET_RESERVED
 from recallseg.data.base import SegmentationDataset
-from recallseg.data.files import file_signature
+from recallseg.pipeline.label_files import check_label_files, label_files_record, label_files_signature
 from recallseg.pipeline.loaders import WorkerLoader, worker_context, worker_init
 
 log = logging.getLogger(__name__)
@@ -118,13 +121,14 @@ def class_statistics(dataset: SegmentationDataset, num_classes: int, ignore_inde
     return ClassStatistics(torch.from_numpy(counts), torch.from_numpy(image_pixels), f"computed over {len(dataset)} images")
 
 
-def label_files_signature(dataset: SegmentationDataset) -> list | None:
-    """Path, size and modification time of every label file of a file dataset (None for others)."""
-    source = getattr(dataset, "source", dataset)  # a CachedDataset wraps the file dataset
-    samples = getattr(source, "samples", None)
-    if samples is None:
-        return None
-    return [None if getattr(sample, "label", None) is None else file_signature(sample.label) for sample in samples]
+def warn_uniform_split(stats: ClassStatistics, classes: list[str], split: str) -> None:
+    """Warn when every labelled pixel of a split is one class, or when no pixel is labelled at all."""
+    present = [c for c, count in enumerate(stats.pixel_counts.tolist()) if count > 0]
+    if not present:
+        log.warning("the %s split has no labelled pixel: every pixel is ignored, so nothing can be learnt or scored (%s)", split, stats.source)
+    elif len(present) == 1 and len(classes) > 1:
+        name = classes[present[0]] if present[0] < len(classes) else present[0]
+        log.warning("every labelled pixel of the %s split is class %s (%r): the other classes cannot be learnt (%s)", split, present[0], name, stats.source)
 
 
 def statistics_key(dataset_cfg: Mapping[str, Any], split: str, label_files: list | None = None) -> str:
@@ -137,7 +141,7 @@ def cached_class_statistics(
     dataset: SegmentationDataset, dataset_cfg: Mapping[str, Any], split: str, cache_dir: str | Path, num_workers: int = 0
 ) -> ClassStatistics:
     """``class_statistics`` of the split, read from ``cache_dir`` when computed before for the same
-    config, split and label files (paths, sizes and modification times)."""
+    config, split and label files (``label_files_signature``)."""
     dataset_cfg = statistics_config(dataset_cfg)
     cache_file = Path(cache_dir) / f"class_stats_{statistics_key(dataset_cfg, split, label_files_signature(dataset))}.json"
     if cache_file.is_file():
@@ -177,6 +181,9 @@ def write_statistics(path: str | Path, dataset: SegmentationDataset, stats: Clas
     }
     if stats.image_pixels is not None:
         payload["image_pixels"] = [int(c) for c in stats.image_pixels.tolist()]
+    record = label_files_record(dataset)
+    if record is not None:
+        payload["label_files"] = record
     with atomic_write(path) as handle:  # ranks may write the same file: each has its own temporary
         json.dump(payload, handle, indent=2, default=str)
 
@@ -190,13 +197,15 @@ def _differences(stored: Any, current: Mapping[str, Any]) -> list[str]:
 
 def read_statistics_file(
     path: str | Path, num_classes: int, dataset_cfg: Mapping[str, Any] | None = None, split: str | None = None,
-    classes: list[str] | None = None,
+    classes: list[str] | None = None, dataset: SegmentationDataset | None = None,
 ) -> ClassStatistics:
     """Statistics from a JSON file written by ``write_statistics`` or ``recallseg-class-stats``.
 
     With ``dataset_cfg`` the file's recorded config must be the one of this run (the keys that
     determine the labels; ``root`` included): statistics of another dataset, split or label
     mapping are refused with a ``ConfigError`` rather than silently weighting the wrong classes.
+    With ``dataset`` (the split, untransformed) the label files it records must be the split's
+    (``label_files.check_label_files``).
     """
     path = Path(path)
     if not path.is_file():
@@ -230,6 +239,8 @@ def read_statistics_file(
                     "dataset.stats_file", f"{path} was computed for another dataset config: {'; '.join(differences)}",
                     "rewrite it with recallseg-class-stats using this run's dataset options, or set dataset.stats_file=null",
                 )
+    if dataset is not None:
+        check_label_files(data.get("label_files"), dataset, path)
     image_pixels = data.get("image_pixels")
     return ClassStatistics(
         torch.tensor(counts, dtype=torch.int64),

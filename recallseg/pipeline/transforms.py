@@ -77,6 +77,30 @@ def _sizes(transform: Any) -> tuple[int, int] | None:
     return None
 
 
+def output_size(transform: Any, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The ``(height, width)`` a pipeline makes of a ``size`` frame, or None when it varies (random scales,
+    resizes to a longest side)."""
+    for item in list(getattr(transform, "transforms", [])) if transform is not None else []:
+        name = type(item).__name__
+        if isinstance(item, A.BaseCompose):
+            inner = output_size(item, size)
+            if inner is None or (not isinstance(item, A.Sequential) and inner != size):
+                return None  # a random choice between pipelines of different sizes
+            size = inner
+        elif _sizes(item) is not None:
+            size = _sizes(item)
+        elif isinstance(item, A.PadIfNeeded):
+            size = tuple(_padded(side, getattr(item, f"min_{axis}"), getattr(item, f"pad_{axis}_divisor")) for side, axis in zip(size, ("height", "width")))
+        elif name in VARIABLE_SIZE or (name == "Affine" and getattr(item, "fit_output", False)):
+            return None
+    return size
+
+
+def _padded(side: int, minimum: int | None, divisor: int | None) -> int:
+    side = max(side, minimum or 0)
+    return -(-side // divisor) * divisor if divisor else side
+
+
 def _nearest_multiples(value: int, divisor: int) -> str:
     lower, upper = (value // divisor) * divisor, (value // divisor + 1) * divisor
     return f"{lower} or {upper}" if lower > 0 else str(upper)

@@ -15,11 +15,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recallseg.data.base import SegmentationDataset
-from recallseg.pipeline.builder import build_dataset
-from recallseg.pipeline.class_statistics import ClassStatistics, cached_class_statistics, read_statistics_file
+from recallseg.evaluation.inference import InferenceSettings, check_size_multiple
+from recallseg.evaluation.memory import check_inference_memory, frame_sizes
+from recallseg.evaluation.samples import evaluation_samples
+from recallseg.pipeline.builder import build_dataset, check_frame_sizes
+from recallseg.pipeline.class_statistics import ClassStatistics, cached_class_statistics, read_statistics_file, warn_uniform_split
 from recallseg.errors import ConfigError
 from recallseg.losses import LossContext, SegmentationLoss, build_loss
 from recallseg.models import build_model
+from recallseg.models.builder import input_divisor
 from recallseg.training.cuda_graph import check_graph_support
 from recallseg.training.optim import build_optimizer, build_scheduler
 from recallseg.runtime.device import Runtime
@@ -56,12 +60,13 @@ def training_class_statistics(cfg: DictConfig, num_classes: int, classes: list[s
             return memo[0]
         dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
         split = dataset_cfg["train_split"]
+        raw = build_dataset(dataset_cfg, split, transform=None)  # the labels themselves: no augmentation
         if dataset_cfg["stats_file"]:
-            stats = read_statistics_file(dataset_cfg["stats_file"], num_classes, dataset_cfg, split, classes)
+            stats = read_statistics_file(dataset_cfg["stats_file"], num_classes, dataset_cfg, split, classes, dataset=raw)
         else:
-            raw = build_dataset(dataset_cfg, split, transform=None)  # the labels themselves: no augmentation
             stats = cached_class_statistics(raw, dataset_cfg, split, cfg.paths.cache_dir, cfg.trainer.num_workers)
         log.info("class statistics of the %s split (%d labelled pixels): %s", split, int(stats.pixel_counts.sum()), stats.source)
+        warn_uniform_split(stats, list(classes) if classes is not None else [str(c) for c in range(num_classes)], split)
         memo.append(stats)
         return stats
 
@@ -85,6 +90,10 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
     classes = list(train_set.classes)
 
     model = build_model(cfg.model, len(classes)).to(device)
+    divisor = input_divisor(model)
+    check_frame_sizes(OmegaConf.to_container(cfg.dataset, resolve=True), train_set, divisor)
+    settings = InferenceSettings.from_config(cfg.inference)
+    check_size_multiple(settings, divisor)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # One process already normalises over its whole batch: sync_batchnorm only matters with several.
@@ -114,6 +123,10 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
         enabled=scaling or tcfg.nonfinite == "skip",
     )  # fmt: skip
     normalizer = Normalizer.for_model(cfg.model, runtime)
+    # Validation is met only after a stretch of training: what it cannot hold is said now.
+    val_transform = evaluation_samples(cfg.dataset, val_set, True).transform
+    split = cfg.dataset.val_split
+    check_inference_memory(model, settings, frame_sizes(val_set, val_transform), device, runtime.autocast, f"the largest {split} frame")
     return TrainingParts(train_set, val_set, network, model, criterion, optimizer, scheduler, scaler, normalizer)
 
 

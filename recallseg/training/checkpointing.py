@@ -22,6 +22,7 @@ from recallseg.checkpoints.contents import for_inference, require_training_state
 from recallseg.checkpoints.format import first_nonfinite, load_checkpoint, require_finite_weights, save_checkpoint
 from recallseg.checkpoints.resume import newest_resumable, reconciled_best_score, refuse_existing_run
 from recallseg.checkpoints.resume_changes import apply_optimizer_options, check_resumable
+from recallseg.losses.registry import load_training_state
 from recallseg.runtime.random_state import rng_state
 from recallseg.training.run_directory import check_writable
 from recallseg.errors import NonFiniteError
@@ -67,7 +68,9 @@ class CheckpointPolicy:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.criterion.load_state_dict(state["loss"])
+        for key in load_training_state(self.criterion, state["loss"]):
+            values = [round(float(v), 4) for v in self.criterion.get_buffer(key).flatten().tolist()]
+            log.warning("resume: the loss's %s differ from the checkpoint's (its options or the training split changed); the run trains with this run's: %s", key, values)
         self.iteration = int(state["iteration"])
         self.best_score = float(state["best_score"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -53,8 +54,9 @@ class PolySchedule:
     min_factor: float = 0.0
 
     def __post_init__(self):
-        if self.power < 0 or self.warmup_iters < 0 or not 0 <= self.warmup_ratio <= 1 or not 0 <= self.min_factor <= 1:
-            raise ConfigError("scheduler", f"power and warmup_iters must be >= 0, warmup_ratio and min_factor in [0, 1]; got {self}", "fix the scheduler options")
+        # Written so that NaN, which fails every comparison, fails them.
+        if not (0 <= self.power < math.inf and self.warmup_iters >= 0 and 0 <= self.warmup_ratio <= 1 and 0 <= self.min_factor <= 1):
+            raise ConfigError("scheduler", f"power and warmup_iters must be >= 0 and finite, warmup_ratio and min_factor in [0, 1]; got {self}", "fix the scheduler options")
 
     def decay(self, iteration: int, max_iters: int) -> float:
         return max((1.0 - iteration / max_iters) ** self.power, self.min_factor) if iteration < max_iters else self.min_factor

@@ -106,3 +106,23 @@ def test_evaluation_leaves_out_pixels_of_a_negative_ignore_index():
     images = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
     matrix = evaluate(Fixed(), [(images, masks)], Normalizer([0.5] * 3, [0.5] * 3, runtime), runtime, 3, -1, progress=False)
     assert matrix.compute().tolist() == [[0, 0, 0], [0, 128, 0], [0, 64, 0]]
+
+
+def test_a_prediction_outside_the_classes_never_spills_into_the_next_row():
+    """A prediction of C at a pixel of class 0 once landed in cell (1, 0); now compute() refuses it."""
+    cm = ConfusionMatrix(3, ignore_index=255)
+    cm.update(torch.tensor([[3, 0, 1]]), torch.tensor([[0, 0, 1]]))
+    with pytest.raises(ValueError, match=r"0 target pixel\(s\) .* and 1 scored pixel\(s\) predicted outside 0..2"):
+        cm.compute()
+    assert cm.matrix.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]  # the valid pixels, nothing in row 1 for the bad one
+
+
+def test_the_ignore_index_is_honoured_and_other_unknown_targets_are_refused():
+    cm = ConfusionMatrix(3, ignore_index=7)
+    cm.update(torch.tensor([[9, 0, 1]]), torch.tensor([[7, 0, 1]]))  # a bad prediction where the target is ignored: not scored
+    assert cm.compute().tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    cm.update(torch.tensor([[0]]), torch.tensor([[255]]))  # 255 is not this matrix's ignore index
+    with pytest.raises(ValueError, match=r"1 target pixel\(s\) neither a class id \(0..2\) nor the ignore index 7"):
+        cm.compute()
+    with pytest.raises(ValueError, match="ignore_index 1 is also a class id"):
+        ConfusionMatrix(3, ignore_index=1)
