@@ -33,6 +33,7 @@ def print_error(line: str) -> None:
 def user_errors(log_to_run: bool = False) -> Iterator[None]:
     """Print the user's situation (``as_user_error``) as one line and exit 2; a bug keeps its traceback."""
     from recallseg.checkpoints.resume import RunRefused
+    from recallseg.training.run_directory import RunDirectoryBusy
 
     try:
         yield
@@ -44,6 +45,6 @@ def user_errors(log_to_run: bool = False) -> Iterator[None]:
             raise
         line = f"error: {one_line(mapped)}"
         print_error(line)
-        if log_to_run and not isinstance(mapped, (Refused, RunRefused)):
+        if log_to_run and not isinstance(mapped, (Refused, RunRefused, RunDirectoryBusy)):
             write_to_run_log(line)
         raise SystemExit(2) from None

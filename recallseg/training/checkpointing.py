@@ -23,7 +23,7 @@ from recallseg.checkpoints.format import first_nonfinite, load_checkpoint, requi
 from recallseg.checkpoints.resume import newest_resumable, reconciled_best_score, refuse_existing_run
 from recallseg.checkpoints.resume_changes import apply_optimizer_options, check_resumable
 from recallseg.runtime.random_state import rng_state
-from recallseg.training.run_directory import check_writable
+from recallseg.training.run_directory import check_writable, claim_run_directory, release_run_directory
 from recallseg.errors import NonFiniteError
 
 log = logging.getLogger("recallseg")
@@ -71,10 +71,17 @@ class CheckpointPolicy:
         self.best_score = float(state["best_score"])
 
     def choose_start(self) -> dict[str, Any] | None:
-        """Choose what the run continues from (refusing, with nothing changed, what it cannot use),
-        restore it, and check the run directory can be written. Called before anything is written."""
+        """Claim the run directory (rank 0), choose what the run continues from (refusing, with nothing
+        changed, what it cannot use), restore it, and check the run directory can be written. Called
+        before anything is written."""
         if not self._start_chosen:
-            self._resumed_state = self._resume_state()
+            claimed = self.runtime.is_main and claim_run_directory(self.output_dir)
+            try:
+                self._resumed_state = self._resume_state()
+            except BaseException:
+                if claimed:  # a refused run leaves the directory as it was
+                    release_run_directory(self.output_dir)
+                raise
             self._start_chosen = True
             if self.runtime.is_main:
                 check_writable(self.checkpoint_dir)
