@@ -45,10 +45,11 @@ def run_failing(tmp_path, failing_dataset, fail_with):
 def test_a_user_error_in_a_loader_worker_is_one_line_also_in_train_log(tmp_path, failing_dataset):
     result = run_failing(tmp_path, failing_dataset, "user")
     assert result.returncode == 2, result.stderr[-3000:]
-    expected = "error: label /data/masks/x.png holds mask values outside the known ones: 7 (known: 0-8, 255)"
-    assert expected in last_segments(result.stderr), result.stderr[-2000:]  # on a line of its own
+    expected = "error: label /data/masks/x.png holds mask values outside the known ones: 7 (known: 0-8, 255); stopped at iteration "
+    (line,) = [segment for segment in last_segments(result.stderr) if segment.startswith("error: ")]  # on a line of its own
+    assert line.startswith(expected) and "resume=auto" in line, result.stderr[-2000:]  # and what became of last.pt
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
-    assert expected in (tmp_path / "run" / "train.log").read_text()
+    assert line in (tmp_path / "run" / "train.log").read_text()
 
 
 @pytest.mark.slow

@@ -1,25 +1,33 @@
-"""A run's lifecycle: one run per directory.
+"""A run's lifecycle: one run per directory, and one way out however the run ends.
 
 A run claims its directory with an OS lock that dies with it: a second run there is refused in
-one line naming the holder, and a killed run's claim is gone. In-process here; the runs of real
-processes are marked slow.
+one line naming the holder, and a killed run's claim is gone. Every way a run ends after its
+first step (a bad file met in training or in validation, a non-finite loss, a full disk, running
+out of memory, a bug) keeps the place in last.pt where the weights and the disk allow, and says
+so in the one line of its end. In-process here; the runs of real processes are marked slow.
 """
 
+import errno
 import os
 import signal
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, REPO, TINY_OVERRIDES, read_json
-from recallseg.checkpoints.format import load_checkpoint
+from dataset_trees import random_image, write_rgb
+from recallseg.checkpoints.format import CheckpointSpaceError, load_checkpoint
 from recallseg.commands.user_errors import user_errors
 from recallseg.config.schema import validate_train_config
+from recallseg.data.files import read_image
+from recallseg.data.synthetic import SyntheticStreets
+from recallseg.training import checkpointing
 from recallseg.training.run_directory import LOCK_NAME, RunDirectoryBusy, claim_run_directory, release_run_directory
 from recallseg.training.trainer import Trainer
 
@@ -56,6 +64,148 @@ def ending(run, capsys):
 def last(run_dir):
     path = run_dir / "checkpoints" / "last.pt"
     return load_checkpoint(path) if path.exists() else None
+
+
+@pytest.fixture
+def truncated_png(tmp_path):
+    path = write_rgb(tmp_path / "data" / "val_007.png", random_image(np.random.default_rng(0), 32, 32))
+    path.write_bytes(path.read_bytes()[:60])
+    return path
+
+
+def bad_file_in(monkeypatch, split, path, from_call=1):
+    """The dataset's ``split`` meets the damaged ``path`` at its ``from_call``-th sample and after (until undone)."""
+    real, calls = SyntheticStreets.load, {"n": 0}
+
+    def load(self, index):
+        if self.split == split:
+            calls["n"] += 1
+            if calls["n"] >= from_call:
+                read_image(path)  # the decoder's own error, naming the file
+        return real(self, index)
+
+    monkeypatch.setattr(SyntheticStreets, "load", load)
+
+
+# -- a data error ends the run with its place kept --------------------------------------------
+
+
+def test_a_bad_validation_file_at_the_first_validation_leaves_last_pt_of_that_iteration(tmp_path, monkeypatch, capsys, truncated_png):
+    """The validation comes after the checkpoint it would prevent: last.pt holds iteration 2 with its
+    validation pending, and once the file is fixed the resumed run ends where a straight run ends."""
+    with monkeypatch.context() as patch:
+        bad_file_in(patch, "val", truncated_png)
+        code, line = ending(trainer(tmp_path / "run", "trainer.max_iters=4", "trainer.val_interval=2"), capsys)
+    assert code == 2
+    assert line.startswith(f"error: cannot decode {truncated_png}") and "stopped at iteration 2 during validation" in line, line
+    assert "last.pt saved with that validation pending" in line and "resume=auto" in line
+    state = last(tmp_path / "run")
+    assert state["iteration"] == 2 and state["validation_pending"] is True
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+    trainer(tmp_path / "run", "trainer.max_iters=4", "trainer.val_interval=2", "resume=auto").fit()
+    trainer(tmp_path / "straight", "trainer.max_iters=4", "trainer.val_interval=2").fit()
+    resumed, straight = last(tmp_path / "run"), last(tmp_path / "straight")
+    assert resumed["iteration"] == straight["iteration"] == 4
+    for key in straight["model"]:
+        assert torch.equal(resumed["model"][key], straight["model"][key]), key
+    assert read_json(tmp_path / "run" / "metrics.json")["mIoU"] == read_json(tmp_path / "straight" / "metrics.json")["mIoU"]
+
+
+def test_a_bad_training_file_met_mid_run_saves_last_pt(tmp_path, monkeypatch, capsys, truncated_png):
+    bad_file_in(monkeypatch, "train", truncated_png, from_call=5)  # batch size 2: iteration 3's first sample
+    code, line = ending(trainer(tmp_path / "run", "trainer.max_iters=6", "trainer.val_interval=100"), capsys)
+    assert code == 2 and line.startswith(f"error: cannot decode {truncated_png}"), line
+    assert "stopped at iteration 2, last.pt saved: continue with resume=auto" in line
+    assert last(tmp_path / "run")["iteration"] == 2 and last(tmp_path / "run")["validation_pending"] is False
+
+
+# -- every other way a run ends ---------------------------------------------------------------
+
+
+def at_iteration(n, action):
+    """A step that does ``action(trainer)`` in iteration ``n`` (returning a loss replaces the step)."""
+    real = Trainer.step
+
+    def step(self, images, masks):
+        if self.iteration + 1 == n:
+            loss = action(self)
+            if loss is not None:
+                self.scheduler.step()
+                return loss
+        return real(self, images, masks)
+
+    return step
+
+
+def out_of_memory(run):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.5 GiB is free. Of the allocated memory ...")
+
+
+def nan_loss(run):
+    return torch.tensor(float("nan"))
+
+
+def nan_weights(run):
+    with torch.no_grad():
+        next(run.network.parameters()).fill_(float("nan"))
+    return torch.tensor(float("nan"))
+
+
+@pytest.mark.parametrize(
+    "cause, at, expected, saved_at",
+    [
+        (out_of_memory, 4, "error: CUDA out of memory. Tried to allocate 20.00 GiB", 3),  # the state before the failed step
+        (nan_loss, 3, "error: non-finite training loss at 1 of iterations 3..3", 3),  # the weights are finite: kept
+        (nan_weights, 3, "error: non-finite training loss at 1 of iterations 3..3", 2),  # they are not: the previous last.pt
+    ],
+    ids=["torch out of memory", "non-finite loss", "non-finite weights"],
+)
+def test_out_of_memory_and_non_finite_numbers_end_in_one_line_with_the_place_kept(tmp_path, monkeypatch, capsys, cause, at, expected, saved_at):
+    monkeypatch.setattr(Trainer, "step", at_iteration(at, cause))
+    code, line = ending(trainer(tmp_path / "run", "trainer.max_iters=4", "trainer.val_interval=2"), capsys)
+    assert code == 2 and line.startswith(expected), line
+    assert last(tmp_path / "run")["iteration"] == saved_at
+    if cause is nan_weights:
+        assert "last.pt not saved (model tensor" in line and "is not finite); the previous last.pt (iteration 2) is kept" in line
+    else:
+        assert f"stopped at iteration {saved_at}, last.pt saved" in line
+
+
+def test_a_full_disk_keeps_the_previous_last_pt_and_says_both(tmp_path, monkeypatch, capsys):
+    real = checkpointing.save_checkpoint
+
+    def save(state, path):
+        if state["iteration"] == 4:
+            raise CheckpointSpaceError(f"cannot write {path}: not enough disk space (needs about 1.0 MB, 0.0 MB free); the previous {path.name} is unchanged")
+        real(state, path)
+
+    monkeypatch.setattr(checkpointing, "save_checkpoint", save)
+    code, line = ending(trainer(tmp_path / "run", "trainer.max_iters=4", "trainer.val_interval=2"), capsys)
+    assert code == 2 and line.startswith("error: cannot write") and "not enough disk space" in line, line
+    assert "last.pt not saved (cannot write" in line and "the previous last.pt (iteration 2) is kept" in line
+    assert last(tmp_path / "run")["iteration"] == 2
+
+
+def test_an_os_error_naming_no_file_from_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    def disk_full(run):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Trainer, "step", at_iteration(2, disk_full))
+    code, line = ending(trainer(tmp_path / "run", "trainer.max_iters=4", "trainer.val_interval=100"), capsys)
+    assert code == 2 and line.startswith("error: No space left on device; free space") and "stopped at iteration 1, last.pt saved" in line, line
+
+
+def test_a_bug_keeps_its_traceback_and_last_pt_is_saved_before_it(tmp_path, monkeypatch, caplog):
+    def bug(run):
+        raise ZeroDivisionError("a bug in a user's loss")
+
+    monkeypatch.setattr(Trainer, "step", at_iteration(3, bug))
+    with pytest.raises(ZeroDivisionError, match="a bug in a user's loss"):  # not a one-line exit: a bug
+        with user_errors():
+            trainer(tmp_path / "run", "trainer.max_iters=4", "trainer.val_interval=100").fit()
+    assert last(tmp_path / "run")["iteration"] == 2
+    assert "stopped at iteration 2, last.pt saved" in caplog.text and "the error below ended the run" in caplog.text
 
 
 # -- one run per directory --------------------------------------------------------------------
@@ -189,3 +339,4 @@ def test_a_killed_run_lets_the_next_resume_auto_continue_at_once(tmp_path):
         os.killpg(job.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
