@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from recallseg.atomic_files import remove_orphaned_temporaries
 from recallseg.checkpoints.contents import for_inference, require_training_state
 from recallseg.checkpoints.format import first_nonfinite, load_checkpoint, require_finite_weights, save_checkpoint
-from recallseg.checkpoints.resume import newest_resumable, reconciled_best_score, refuse_existing_run
+from recallseg.checkpoints.resume import best_score_held, newest_resumable, reconciled_best_score, refuse_existing_run
 from recallseg.checkpoints.resume_changes import apply_optimizer_options, check_resumable
 from recallseg.runtime.random_state import rng_state
 from recallseg.training.run_directory import check_writable, claim_run_directory, release_run_directory
@@ -96,8 +96,8 @@ class CheckpointPolicy:
             return None
         if resume == "auto":
             found = newest_resumable(self.checkpoint_dir)
-            if found is None:
-                log.info("resume=auto: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
+            if found is None:  # none at all, or only a weights-only best.pt (killed before its first last.pt)
+                self.best_score = best_score_held(self.checkpoint_dir, self.monitor)
                 return None
             path, state = found
         else:  # on the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device
