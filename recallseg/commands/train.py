@@ -50,6 +50,22 @@ def _train_app(cfg: DictConfig) -> float:
     return run_training(cfg)
 
 
+def default_run_root(argv: list[str]) -> Path:
+    """The part of ``hydra.run.dir`` that exists before Hydra fills in the date and time (``outputs``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+            cfg = compose("train", overrides=argv, return_hydra_config=True)
+        pattern = str(OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"])
+    finally:
+        GlobalHydra.instance().clear()
+    fixed = pattern.split("${", 1)[0]
+    return Path(fixed or ".") if fixed.endswith("/") or fixed == pattern else Path(fixed).parent
+
+
 def train_main() -> None:
     """``python train.py ...`` and ``recallseg-train ...``."""
     from recallseg.config.schema import validate_train_config
@@ -67,6 +83,8 @@ def train_main() -> None:
                         claimed = run_dirs[-1]
                         claim_run_directory(claimed)
                     check_writable(run_dirs[-1])
+                else:  # Hydra creates the dated directory under it, with a traceback where it cannot
+                    check_writable(default_run_root(argv))
         _train_app()
     finally:
         if claimed is not None:

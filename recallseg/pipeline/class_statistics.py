@@ -152,7 +152,15 @@ def cached_class_statistics(
                 torch.tensor(counts, dtype=torch.int64), torch.tensor(image_pixels, dtype=torch.int64), f"cache {cache_file}"
             )
     stats = class_statistics(dataset, dataset.num_classes, dataset.ignore_index, num_workers)
-    write_statistics(cache_file, dataset, stats, split, dataset_cfg)
+    try:
+        write_statistics(cache_file, dataset, stats, split, dataset_cfg)
+    except OSError as error:  # the cache only saves time: the statistics are computed and used all the same
+        log.warning(
+            "cannot write the class-statistics cache %s (%s): the statistics are used uncached and computed again next time; "
+            "set paths.cache_dir (or $RECALLSEG_CACHE) to a writable directory to cache them",
+            cache_file, error.strerror or error,
+        )  # fmt: skip
+        return stats
     log.info("class statistics of the %s split %s, written to the cache %s", split, stats.source, cache_file)
     return ClassStatistics(stats.pixel_counts, stats.image_pixels, f"{stats.source}, cached in {cache_file}")
 

@@ -293,6 +293,56 @@ def test_a_run_claims_its_directory_for_as_long_as_it_trains(tmp_path, monkeypat
     assert len(seen) == 1 and seen[0].startswith("recallseg.training.run_directory.RunDirectoryBusy") and f"process {os.getpid()}" in seen[0]
 
 
+# -- where a run can be written --------------------------------------------------------------
+
+
+def test_a_default_run_directory_that_cannot_be_created_is_one_line(tmp_path, monkeypatch, capsys):
+    from recallseg.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").write_text("a file where the run directories would go")
+    monkeypatch.setattr(sys, "argv", ["train.py", *RUN])
+    with pytest.raises(SystemExit) as ended:
+        train_main()
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: cannot write to outputs (") and "hydra.run.dir" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_working_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    from recallseg.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    tmp_path.chmod(0o555)
+    monkeypatch.setattr(sys, "argv", ["train.py", *RUN])
+    try:
+        with pytest.raises(SystemExit) as ended:
+            train_main()
+    finally:
+        tmp_path.chmod(0o755)
+    assert ended.value.code == 2 and "error: cannot write to outputs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["under a file", "on a full disk"])
+def test_a_statistics_cache_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch, caplog, where):
+    from recallseg.pipeline import class_statistics
+
+    (tmp_path / "a_file").write_text("not a directory")
+    cache = tmp_path / "a_file" / "cache"
+    if where == "on a full disk":
+        cache = tmp_path / "cache"
+
+        def full(path, mode="w"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(class_statistics, "atomic_write", full)
+    run = trainer(tmp_path / "run", "loss=weighted_ce", f"paths.cache_dir={cache}")  # the statistics are built with the run
+    assert run.criterion.weights.shape == (9,) and torch.isfinite(run.criterion.weights).all()
+    assert "cannot write the class-statistics cache" in caplog.text and "set paths.cache_dir" in caplog.text
+    assert [r.levelname for r in caplog.records if "class-statistics cache" in r.getMessage()] == ["WARNING"]
+
+
 # -- real processes ---------------------------------------------------------------------------
 
 
