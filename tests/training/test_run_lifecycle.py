@@ -390,3 +390,13 @@ def test_a_killed_run_lets_the_next_resume_auto_continue_at_once(tmp_path):
     except ProcessLookupError:
         pass
 
+
+def test_every_test_the_guarantees_table_names_exists():
+    import re
+
+    page = (REPO / "docs" / "resume-and-failures.md").read_text()
+    table = page.split("## Guarantees", 1)[1]
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", table)
+    assert len(named) >= 20
+    for path, name in named:
+        assert re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), f"{path}::{name}"
