@@ -214,9 +214,13 @@ HOLD = """
 import os, sys, time
 from recallseg.training.run_directory import claim_run_directory
 claim_run_directory(sys.argv[1])
-if len(sys.argv) > 2 and os.fork() == 0:  # a child that outlives its parent for a while, as a loader worker can
-    time.sleep(60)
-    os._exit(0)
+if len(sys.argv) > 2:  # a child that outlives its parent for a while, as a loader worker can
+    ready, started = os.pipe()
+    if os.fork() == 0:
+        os.write(started, b"x")  # the fork's hooks have run
+        time.sleep(60)
+        os._exit(0)
+    os.read(ready, 1)
 print(os.getpid(), flush=True)
 time.sleep(60)
 """
