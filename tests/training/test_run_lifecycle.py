@@ -34,7 +34,8 @@ from recallseg.training.trainer import Trainer
 # A small network: what is tested is how a run ends, not what it learns.
 RUN = [
     *[o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval", "dataset.num_val"))],
-    "dataset.num_val=2", "loss=ce", "model.arch=Unet", "+model.encoder_depth=3", "+model.decoder_channels=[32,16,8]",
+    "dataset.num_val=2", "loss=ce", "model.arch=Unet", "model.encoder_name=tu-mobilenetv3_small_050", "~model.encoder_output_stride", "+model.encoder_depth=3",
+    "+model.decoder_channels=[32,16,8]",
 ]  # fmt: skip
 
 
@@ -45,7 +46,10 @@ def trainer(run_dir, *overrides):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def cheap_runs(monkeypatch):
+    from recallseg.training.tensorboard_images import ValidationPictures
+
+    monkeypatch.setattr(ValidationPictures, "log", lambda *args, **kwargs: None)  # TensorBoard charts: most of a validation's time
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: threads only contend on a shared machine
     yield
