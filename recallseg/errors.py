@@ -85,7 +85,9 @@ def as_user_error(error: BaseException) -> UserError | None:
     """``error`` as the user's situation (printed as one line, exit 2), or None for a bug."""
     if isinstance(error, UserError):
         return error
-    if isinstance(error, OSError) and (error.filename is not None or error.errno in DISK_ERRNOS):
+    # A loader worker's OSError comes back without its errno, its traceback in the message: it read the user's files.
+    from_worker = "Original Traceback" in str(error)
+    if isinstance(error, OSError) and (error.filename is not None or error.errno in DISK_ERRNOS or from_worker):
         where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
         why = error.strerror or one_line(error)
         hint = _OS_HINTS.get(error.errno)

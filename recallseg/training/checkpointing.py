@@ -110,7 +110,7 @@ class CheckpointPolicy:
         self.best_score = reconciled_best_score(self.checkpoint_dir, state, path)
         changed = {key.split(".", 1)[1] for key in changes if key.startswith("optimizer.")}
         apply_optimizer_options(self.optimizer, self.scheduler, {k: v for k, v in new["optimizer"].items() if k in changed})
-        if path.absolute() == (self.checkpoint_dir / "last.pt").absolute():
+        if path.resolve() == (self.checkpoint_dir / "last.pt").resolve():
             self._saved_at = self.iteration
         log.info("resumed from %s at iteration %d", path, self.iteration)
         return state
