@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import errno
 import fcntl
+import logging
 import os
 import socket
 import tempfile
@@ -31,6 +32,10 @@ from recallseg.atomic_files import atomic_write
 from recallseg.errors import UserError
 
 LOCK_NAME = ".run.lock"
+# What a filesystem without working locks (some network and FUSE mounts) answers to flock.
+NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+
+log = logging.getLogger("recallseg")
 
 
 class RunDirectoryError(UserError):
@@ -43,6 +48,8 @@ class RunDirectoryBusy(UserError):
 
 def _cannot_write(directory: Path, error: OSError) -> RunDirectoryError:
     why = error.strerror or type(error).__name__
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        why = "it, or a directory it would be in, is a file"
     return RunDirectoryError(
         f"cannot write to {directory} ({why}): checkpoints and logs go there; make it writable or choose another hydra.run.dir"
     )
@@ -94,7 +101,11 @@ def claim_run_directory(directory: str | Path) -> bool:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
                 os.close(fd)
-                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if error.errno in NO_LOCKS:  # the run goes on unprotected rather than not at all
+                    log.warning("cannot lock %s (%s): a second run on this directory would not be refused", lock, error.strerror)
+                    lock.unlink(missing_ok=True)
+                    return True
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
                 raise RunDirectoryBusy(
                     f"{directory}: another run is using this directory ({_holder(lock)} holds {LOCK_NAME}); "

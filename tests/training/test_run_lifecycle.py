@@ -301,6 +301,19 @@ def test_a_run_claims_its_directory_for_as_long_as_it_trains(tmp_path, monkeypat
     assert len(seen) == 1 and seen[0].startswith("recallseg.training.run_directory.RunDirectoryBusy") and f"process {os.getpid()}" in seen[0]
 
 
+def test_a_filesystem_without_locks_runs_unprotected_and_says_so(tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    claim_run_directory(tmp_path / "run")  # not a refusal: the run goes on
+    assert "cannot lock" in caplog.text and "would not be refused" in caplog.text
+    assert list((tmp_path / "run").iterdir()) == []
+    release_run_directory(tmp_path / "run")
+
+
 # -- where a run can be written --------------------------------------------------------------
 
 
@@ -314,7 +327,7 @@ def test_a_default_run_directory_that_cannot_be_created_is_one_line(tmp_path, mo
         train_main()
     err = capsys.readouterr().err
     assert ended.value.code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: cannot write to outputs (") and "hydra.run.dir" in err
+    assert err.strip().splitlines()[-1].startswith("error: cannot write to outputs (it, or a directory it would be in, is a file)") and "hydra.run.dir" in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
