@@ -2,9 +2,13 @@
 
 - A fresh run never overwrites a run: checkpoints in the directory refuse it.
 - ``resume=auto`` takes the newest checkpoint holding training state (``last.pt`` on a tie).
-  Checkpoints exist but none can be resumed (truncated, foreign, a refused payload, weights
-  only): the run is refused and the files stay as they are. ``last.pt`` cannot be read but
-  another checkpoint holds training state: the run continues from that one and says so.
+  ``best.pt`` holds the weights only, so it is never a candidate, and that is not worth a word.
+  Checkpoints exist but none can be resumed (truncated, foreign, a refused payload): the run is
+  refused and the files stay as they are. ``last.pt`` cannot be read but another checkpoint
+  holds training state: the run continues from that one and says so. Nothing but a readable,
+  weights-only ``best.pt`` (a run killed between its first ``best.pt`` and its first
+  ``last.pt``): a fresh start, said in one line, which keeps ``best.pt`` until a better score
+  replaces it (``best_score_held``).
 - The best score a resumed run starts with is the one ``best.pt`` holds: after a kill between
   writing ``best.pt`` and ``last.pt`` the two agree again, and a missing or unreadable
   ``best.pt`` resets the score (so the next validation writes a new one).
@@ -47,10 +51,11 @@ def _problem(path: Path, state: dict[str, Any] | None, error: Exception | None) 
 
 
 def newest_resumable(checkpoint_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """``resume=auto``'s checkpoint and its (CPU) state; None when the directory holds none at all."""
+    """``resume=auto``'s checkpoint and its (CPU) state; None for a fresh start (see the module docstring)."""
     files = sorted(checkpoint_dir.glob("*.pt")) if checkpoint_dir.is_dir() else []
     best: tuple[tuple[int, bool], Path, dict[str, Any]] | None = None
     problems: dict[Path, str] = {}
+    weights_only: list[Path] = []
     for path in files:
         state, error = None, None
         try:
@@ -60,11 +65,20 @@ def newest_resumable(checkpoint_dir: Path) -> tuple[Path, dict[str, Any]] | None
         problem = _problem(path, state, error)
         if problem is not None:
             problems[path] = problem
+            if error is None:
+                weights_only.append(path)
             continue
         rank = (int(state["iteration"]), path.name == "last.pt")
         if best is None or rank > best[0]:
             best = (rank, path, state)
     if not files:
+        log.info("resume=auto: no checkpoint in %s, starting from scratch", checkpoint_dir)
+        return None
+    if best is None and len(weights_only) == len(files):
+        log.info(
+            "resume=auto: %s holds no training state (weights only: the run ended before its first last.pt), so the run "
+            "starts from scratch; %s stays until a better score replaces it", ", ".join(p.name for p in files), "it" if len(files) == 1 else "they",
+        )  # fmt: skip
         return None
     if best is None:
         raise RunRefused(
@@ -73,6 +87,8 @@ def newest_resumable(checkpoint_dir: Path) -> tuple[Path, dict[str, Any]] | None
         )
     _, path, state = best
     for bad, problem in problems.items():
+        if bad in weights_only:  # best.pt: holds the model only, as it should
+            continue
         log.warning("resume=auto: cannot use %s (%s); continuing from %s at iteration %d instead", bad, problem, path.name, int(state["iteration"]))
     return path, state
 
@@ -99,3 +115,14 @@ def reconciled_best_score(checkpoint_dir: Path, state: dict[str, Any], resumed_f
     if held != recorded:
         log.warning("best.pt holds best %s %.4f, %s recorded %.4f: continuing with best.pt's", state.get("monitor", "score"), held, resumed_from.name, recorded)
     return held
+
+
+def best_score_held(checkpoint_dir: Path, monitor: str) -> float:
+    """The score of ``best.pt`` for a run that starts afresh over it (``-inf`` when it holds none for ``monitor``)."""
+    path = checkpoint_dir / "best.pt"
+    try:
+        state = load_checkpoint(path, map_location="cpu") if path.is_file() else {}
+    except CheckpointError:
+        return -math.inf
+    score = float(state.get("best_score", -math.inf))
+    return score if state.get("monitor", monitor) == monitor and math.isfinite(score) else -math.inf

@@ -1,8 +1,9 @@
-"""``python train.py ...`` / ``recallseg-train``: compose and check the config (a mistake costs no
-run directory), then Hydra runs the training task."""
+"""``python train.py ...`` / ``recallseg-train ...``: compose and check the config (a mistake costs no
+run directory), claim the run directory, then Hydra runs the training task."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,22 +14,33 @@ from recallseg.commands.user_errors import user_errors
 from recallseg.config.compose import CONFIG_PATH, compose_checked, runs_a_job
 
 
+def writes_the_run() -> bool:
+    """Whether this process is the one that writes the run directory (rank 0 under torchrun)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_training(cfg: DictConfig) -> float:
-    """The training task: check, refuse an existing run, build, record the config, train."""
+    """The training task: check, claim the run directory, refuse an existing run, build, record the config, train."""
     from recallseg.checkpoints.resume import refuse_existing_run
-    from recallseg.training.trainer import Trainer
-    from recallseg.training.run_directory import record_config
     from recallseg.config.schema import validate_train_config
+    from recallseg.training.run_directory import claim_run_directory, record_config, release_run_directory
+    from recallseg.training.trainer import Trainer
 
     with user_errors(log_to_run=True):
         config = OmegaConf.create(validate_train_config(cfg))
-        if config.resume is None:
-            refuse_existing_run(Path(config.output_dir) / "checkpoints")
-        trainer = Trainer(config)
-        trainer.choose_start()  # may refuse the run: before anything is written
-        if trainer.runtime.is_main:
-            record_config(Path(config.output_dir), config)
-        metrics = trainer.fit()
+        run_dir = Path(config.output_dir)
+        if writes_the_run():  # before anything reads the directory's checkpoints or builds the run
+            claim_run_directory(run_dir)
+        try:
+            if config.resume is None:
+                refuse_existing_run(run_dir / "checkpoints")
+            trainer = Trainer(config)
+            trainer.choose_start()  # may refuse the run: before anything is written
+            if trainer.runtime.is_main:
+                record_config(run_dir, config)
+            metrics = trainer.fit()
+        finally:
+            release_run_directory(run_dir)
     # The monitored value, for Hydra sweepers; NaN when the run stopped before validating.
     return metrics.get(config.trainer.monitor.removeprefix("val/"), float("nan"))
 
@@ -38,19 +50,45 @@ def _train_app(cfg: DictConfig) -> float:
     return run_training(cfg)
 
 
+def default_run_root(argv: list[str]) -> Path:
+    """The part of ``hydra.run.dir`` that exists before Hydra fills in the date and time (``outputs``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+            cfg = compose("train", overrides=argv, return_hydra_config=True)
+        pattern = str(OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"])
+    finally:
+        GlobalHydra.instance().clear()
+    fixed = pattern.split("${", 1)[0]
+    return Path(fixed or ".") if fixed.endswith("/") or fixed == pattern else Path(fixed).parent
+
+
 def train_main() -> None:
     """``python train.py ...`` and ``recallseg-train ...``."""
-    from recallseg.training.run_directory import check_writable
     from recallseg.config.schema import validate_train_config
+    from recallseg.training.run_directory import check_writable, claim_run_directory, release_run_directory
 
     argv = sys.argv[1:]
-    if runs_a_job(argv):
-        with user_errors():
-            validate_train_config(compose_checked("train", argv))
-            run_dirs = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == "hydra.run.dir"]
-            if run_dirs:  # before Hydra opens train.log in it
-                check_writable(run_dirs[-1])
-    _train_app()
+    claimed = None
+    try:
+        if runs_a_job(argv):
+            with user_errors():
+                validate_train_config(compose_checked("train", argv))
+                run_dirs = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == "hydra.run.dir"]
+                if run_dirs:  # claimed before Hydra opens train.log in it
+                    if writes_the_run():
+                        claimed = run_dirs[-1]
+                        claim_run_directory(claimed)
+                    check_writable(run_dirs[-1])
+                else:  # Hydra creates the dated directory under it, with a traceback where it cannot
+                    check_writable(default_run_root(argv))
+        _train_app()
+    finally:
+        if claimed is not None:
+            release_run_directory(claimed)
 
 
 if __name__ == "__main__":  # python -m recallseg.commands.train: for tools that start training in a subprocess

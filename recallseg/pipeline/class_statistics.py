@@ -158,8 +158,12 @@ def cached_class_statistics(
     stats = class_statistics(dataset, dataset.num_classes, dataset.ignore_index, num_workers)
     try:
         write_statistics(cache_file, dataset, stats, split, dataset_cfg)
-    except OSError as error:  # the statistics are computed; the cache only saves the next run that work
-        log.warning("class statistics not cached, the next run computes them again: %s", " ".join(str(error).split()))
+    except OSError as error:  # the cache only saves time: the statistics are computed and used all the same
+        log.warning(
+            "cannot write the class-statistics cache %s (%s): the statistics are used uncached and computed again next time; "
+            "set paths.cache_dir (or $RECALLSEG_CACHE) to a writable directory to cache them",
+            cache_file, error.strerror or error,
+        )  # fmt: skip
         return stats
     log.info("class statistics of the %s split %s, written to the cache %s", split, stats.source, cache_file)
     return ClassStatistics(stats.pixel_counts, stats.image_pixels, f"{stats.source}, cached in {cache_file}")

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 from recallseg.atomic_files import remove_orphaned_temporaries
 from recallseg.checkpoints.contents import for_inference, require_training_state
 from recallseg.checkpoints.format import first_nonfinite, load_checkpoint, require_finite_weights, save_checkpoint
-from recallseg.checkpoints.resume import newest_resumable, reconciled_best_score, refuse_existing_run
+from recallseg.checkpoints.resume import best_score_held, newest_resumable, reconciled_best_score, refuse_existing_run
 from recallseg.checkpoints.resume_changes import apply_optimizer_options, check_resumable
 from recallseg.losses.registry import load_training_state
 from recallseg.runtime.random_state import rng_state
-from recallseg.training.run_directory import check_writable
+from recallseg.training.run_directory import check_writable, claim_run_directory, release_run_directory
 from recallseg.errors import NonFiniteError
 
 log = logging.getLogger("recallseg")
@@ -75,10 +75,17 @@ class CheckpointPolicy:
         self.best_score = float(state["best_score"])
 
     def choose_start(self) -> dict[str, Any] | None:
-        """Choose what the run continues from (refusing, with nothing changed, what it cannot use),
-        restore it, and check the run directory can be written. Called before anything is written."""
+        """Claim the run directory (rank 0), choose what the run continues from (refusing, with nothing
+        changed, what it cannot use), restore it, and check the run directory can be written. Called
+        before anything is written."""
         if not self._start_chosen:
-            self._resumed_state = self._resume_state()
+            claimed = self.runtime.is_main and claim_run_directory(self.output_dir)
+            try:
+                self._resumed_state = self._resume_state()
+            except BaseException:
+                if claimed:  # a refused run leaves the directory as it was
+                    release_run_directory(self.output_dir)
+                raise
             self._start_chosen = True
             if self.runtime.is_main:
                 check_writable(self.checkpoint_dir)
@@ -93,8 +100,8 @@ class CheckpointPolicy:
             return None
         if resume == "auto":
             found = newest_resumable(self.checkpoint_dir)
-            if found is None:
-                log.info("resume=auto: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
+            if found is None:  # none at all, or only a weights-only best.pt (killed before its first last.pt)
+                self.best_score = best_score_held(self.checkpoint_dir, self.monitor)
                 return None
             path, state = found
         else:  # on the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device
@@ -107,6 +114,8 @@ class CheckpointPolicy:
         self.best_score = reconciled_best_score(self.checkpoint_dir, state, path)
         changed = {key.split(".", 1)[1] for key in changes if key.startswith("optimizer.")}
         apply_optimizer_options(self.optimizer, self.scheduler, {k: v for k, v in new["optimizer"].items() if k in changed})
+        if path.resolve() == (self.checkpoint_dir / "last.pt").resolve():
+            self._saved_at = self.iteration
         log.info("resumed from %s at iteration %d", path, self.iteration)
         return state
 

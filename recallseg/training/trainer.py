@@ -27,19 +27,21 @@ from recallseg.evaluation.samples import evaluation_loader, evaluation_samples
 from recallseg.pipeline.loaders import close_loader, train_loader
 from recallseg.runtime.device import Runtime, init_runtime, seed_everything, to_target
 from recallseg.runtime.random_state import gather_rng_states, rank_seed, rng_state, rng_state_for_rank, set_rng_state
-from recallseg.runtime.signals import Interruptible, Interrupted, StopAgreement, StopRequested, StopSignal
+from recallseg.runtime.signals import Interruptible, StopAgreement, StopRequested, StopSignal
 from recallseg.training.build import build_training, describe_parts, freeze_batchnorm
 from recallseg.training.checkpointing import CheckpointPolicy
 from recallseg.training.cuda_graph import GraphedStep
 from recallseg.training.log import TrainingLogger, TrainingWindow, console_loggers, log_metrics, write_to_run_log
 from recallseg.training.run_record import RunClock, log_end, training_record
+from recallseg.training.run_end import RunEnd
 from recallseg.training.tensorboard_images import ValidationPictures, trainer_predictor
 
 log = logging.getLogger("recallseg")
 
 
-class Trainer(CheckpointPolicy):
-    """Builds every part from the (validated) config, then ``fit()`` runs the loop and returns the final metrics."""
+class Trainer(CheckpointPolicy, RunEnd):
+    """Builds every part from the (validated) config, then ``fit()`` runs the loop and returns the final metrics;
+    however it ends early, it ends through ``RunEnd`` (training.run_end)."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -62,7 +64,9 @@ class Trainer(CheckpointPolicy):
         self.monitor = tcfg.monitor.removeprefix("val/")
         self.iteration = 0
         self.best_score = -math.inf
-        self._saved_at = -1  # the iteration last.pt holds
+        self._saved_at = -1  # the iteration this run directory's last.pt holds (-1: none)
+        self._started_at = 0  # the iteration this invocation started at
+        self._validating = False  # a validation is under way (an end now leaves it pending)
         self._start_chosen = False  # choose_start has run (it restores a checkpoint once)
         self._resumed_state: dict[str, Any] | None = None  # the checkpoint the run continues from
         self._validation_rng: dict[str, Any] | None = None  # random states before the latest validation
@@ -96,6 +100,7 @@ class Trainer(CheckpointPolicy):
         cfg, tcfg, runtime = self.cfg, self.cfg.trainer, self.runtime
         resumed = self.choose_start()
         self._clock = RunClock(self.iteration)
+        self._started_at = self.iteration
         bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True, disable=not runtime.is_main)
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -129,12 +134,17 @@ class Trainer(CheckpointPolicy):
             self.window.reset(self.iteration)
             self._bar = bar
             agreement = StopAgreement(stop, runtime.distributed)
+            failure = None
             try:
                 metrics, abandoned = self._loop(batches, agreement, stop_at, bool(resumed and resumed.get("validation_pending")))
+            except Exception as error:  # ends below, once the bar and the loader workers are gone
+                failure = error
             finally:
                 agreement.close()
                 bar.close()
                 close_loader(batches)
+            if failure is not None:
+                self._end_on_error(failure)
             if self.iteration < tcfg.max_iters or abandoned:  # stopped early (signal or trainer.stop_after): keep the place
                 if runtime.is_main:
                     self._run_end()
@@ -179,25 +189,6 @@ class Trainer(CheckpointPolicy):
             return metrics, True
         return metrics, False
 
-    def _keep_place(self, stop: StopSignal, abandoned_validation: bool) -> None:
-        """After an early stop: save last.pt (unless it holds this iteration already) on rank 0 while the
-        other ranks wait, then exit with the signal's status if a signal caused the stop. A checkpoint
-        saved during a validation holds the random states from before it, and the resumed run repeats it."""
-        runtime = self.runtime
-        if self.window.steps:
-            self._end_log_window()
-        state = self._validation_rng if abandoned_validation else rng_state()
-        rng_per_rank = gather_rng_states(state, runtime.distributed, runtime.world_size)
-        if runtime.is_main:
-            if abandoned_validation or self._saved_at != self.iteration:
-                self._save("last.pt", rng_per_rank, validation_pending=abandoned_validation)
-            self.writer.close()
-            log.info("stopped at iteration %d; continue with resume=auto (same hydra.run.dir)", self.iteration)
-        if runtime.distributed:  # no rank exits (and makes torchrun kill the others) before last.pt is written
-            torch.distributed.barrier()
-        if stop.received is not None:
-            raise Interrupted(stop.exit_code)
-
     def _train_mode(self) -> None:
         self.network.train()
         if self.cfg.trainer.freeze_batchnorm:
@@ -241,11 +232,13 @@ class Trainer(CheckpointPolicy):
             return self._validate_and_save(agreement)
 
     def _validate_and_save(self, agreement: StopAgreement | None) -> dict:
-        self._validation_rng = rng_state()  # what a resume repeats an abandoned validation from
+        self._validation_rng = rng_state()  # what a resume repeats an abandoned or failed validation from
+        self._validating = True
         try:
             metrics = self.validate(agreement)
         finally:
             self._train_mode()
+        self._validating = False
         rng_per_rank = gather_rng_states(rng_state(), self.runtime.distributed, self.runtime.world_size)
         if self.runtime.is_main:
             log_metrics(self.writer, metrics, self.iteration)
@@ -258,8 +251,12 @@ class Trainer(CheckpointPolicy):
             if math.isfinite(score) and score > self.best_score:
                 # best.pt first: were the run killed in between, last.pt would still hold the former best
                 # score (never one that no best.pt holds), and the resume reads best.pt's (checkpoints.resume)
-                self.best_score = score
-                self._save("best.pt", rng_per_rank)
+                previous, self.best_score = self.best_score, score
+                try:
+                    self._save("best.pt", rng_per_rank)
+                except BaseException:  # last.pt must never record a score that no best.pt holds
+                    self.best_score = previous
+                    raise
                 log.info("new best %s %.4f: saved best.pt", self.monitor, score)
             self._save("last.pt", rng_per_rank)
         return metrics

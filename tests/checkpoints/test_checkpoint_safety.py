@@ -18,7 +18,7 @@ from model_checkpoints import write_checkpoint
 from recallseg.data.synthetic import CLASSES
 from recallseg.checkpoints import format as checkpoint_module
 from recallseg.checkpoints.format import CheckpointError, CheckpointSpaceError, load_checkpoint, save_checkpoint
-from recallseg.checkpoints.resume import RunRefused, newest_resumable, reconciled_best_score
+from recallseg.checkpoints.resume import RunRefused, best_score_held, newest_resumable, reconciled_best_score
 
 RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval"))]
 
@@ -69,6 +69,35 @@ def test_a_weights_only_best_pt_cannot_stand_in_for_a_truncated_last_pt(tmp_path
     truncate(tmp_path / "last.pt")
     with pytest.raises(RunRefused, match="best.pt holds no training state"):
         newest_resumable(tmp_path)
+
+
+def test_the_normal_resume_over_a_weights_only_best_pt_logs_no_warning(tmp_path, caplog):
+    save_checkpoint({"model": {"w": torch.ones(2)}, "iteration": 4, "best_score": 0.5}, tmp_path / "best.pt")
+    save_checkpoint(resumable(6, 0.5), tmp_path / "last.pt")
+    with caplog.at_level(logging.INFO, "recallseg"):
+        path, state = newest_resumable(tmp_path)
+    assert path.name == "last.pt" and state["iteration"] == 6
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_directory_of_only_a_weights_only_best_pt_is_a_fresh_start_in_one_line(tmp_path, caplog):
+    """A kill between the first best.pt and the first last.pt: the requeued job starts afresh (not a
+    refusal on every retry) and keeps best.pt until a better score replaces it."""
+    save_checkpoint({"model": {"w": torch.ones(2)}, "iteration": 2, "best_score": 0.5, "monitor": "mIoU"}, tmp_path / "best.pt")
+    with caplog.at_level(logging.INFO, "recallseg"):
+        assert newest_resumable(tmp_path) is None
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO and "best.pt holds no training state" in record.getMessage() and "from scratch" in record.getMessage()
+    assert best_score_held(tmp_path, "mIoU") == 0.5 and best_score_held(tmp_path, "mAcc") == -math.inf
+
+
+def test_a_fresh_start_over_a_weights_only_best_pt_keeps_its_score(trainer):
+    folder = trainer.checkpoint_dir
+    save_checkpoint({"model": {"w": torch.ones(2)}, "iteration": 2, "best_score": 0.25, "monitor": "mIoU"}, folder / "best.pt")
+    trainer.cfg.resume = "auto"
+    trainer.iteration = 0
+    assert trainer.choose_start() is None
+    assert trainer.iteration == 0 and trainer.best_score == 0.25  # a worse first validation leaves best.pt as it is
 
 
 def test_last_pt_wins_a_tie_and_an_empty_directory_starts_afresh(tmp_path):

@@ -45,10 +45,11 @@ def run_failing(tmp_path, failing_dataset, fail_with):
 def test_a_user_error_in_a_loader_worker_is_one_line_also_in_train_log(tmp_path, failing_dataset):
     result = run_failing(tmp_path, failing_dataset, "user")
     assert result.returncode == 2, result.stderr[-3000:]
-    expected = "error: label /data/masks/x.png holds mask values outside the known ones: 7 (known: 0-8, 255)"
-    assert expected in last_segments(result.stderr), result.stderr[-2000:]  # on a line of its own
+    expected = "error: label /data/masks/x.png holds mask values outside the known ones: 7 (known: 0-8, 255); stopped at iteration "
+    (line,) = [segment for segment in last_segments(result.stderr) if segment.startswith("error: ")]  # on a line of its own
+    assert line.startswith(expected) and "resume=auto" in line, result.stderr[-2000:]  # and what became of last.pt
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
-    assert expected in (tmp_path / "run" / "train.log").read_text()
+    assert line in (tmp_path / "run" / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -78,3 +79,32 @@ def test_one_line_unwraps_a_worker_error_spanning_lines():
         "recallseg.errors.DatasetError: FolderDataset: 1 image(s) without a label:\n  images/a.png (expected label masks/a.png)\n"
     )
     assert one_line(wrapped) == "FolderDataset: 1 image(s) without a label: images/a.png (expected label masks/a.png)"
+
+
+def test_the_users_situation_is_told_from_a_bug_in_one_place():
+    import errno
+
+    import torch
+
+    from recallseg.errors import DatasetError, as_user_error
+
+    def line(error):
+        mapped = as_user_error(error)
+        return None if mapped is None else one_line(mapped)
+
+    assert line(DatasetError("images/a.png: cannot decode")) == "images/a.png: cannot decode"
+    assert line(FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/x.png")) == "/data/x.png: No such file or directory; check the path"
+    assert line(OSError(errno.ENOSPC, "No space left on device")).startswith("No space left on device; free space")
+    assert line(OSError(errno.EDQUOT, "Disk quota exceeded")).startswith("Disk quota exceeded; free space within your quota")
+    worker = PermissionError("Caught PermissionError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                             "  File \"x.py\", line 1, in load\nPermissionError: [Errno 13] Permission denied: '/data/x.png'\n")  # fmt: skip
+    assert line(worker) == "[Errno 13] Permission denied: '/data/x.png'"
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.50 GiB is free. Including non-PyTorch memory ...")
+    assert line(oom) == (
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.50 GiB is free; "
+        "lower the batch size or the image size, or use inference.mode=slide for large images"
+    )
+    assert line(MemoryError()).startswith("out of memory; lower the batch size")
+    # Not the user's: a bug keeps its traceback.
+    assert as_user_error(PermissionError(errno.EPERM, "Operation not permitted")) is None  # os.kill of another user's process
+    assert as_user_error(ValueError("a bug")) is None and as_user_error(RuntimeError("CUDA error: an illegal memory access")) is None
