@@ -98,7 +98,7 @@ def test_a_bad_validation_file_at_the_first_validation_leaves_last_pt_of_that_it
     """The validation comes after the checkpoint it would prevent: last.pt holds iteration 2 with its
     validation pending, and once the file is fixed the resumed run ends where a straight run ends."""
     with monkeypatch.context() as patch:
-        bad_file_in(patch, "val", truncated_png)
+        bad_file_in(patch, "val", truncated_png, from_call=2)  # call 1: the inference-memory check reads a frame size before training
         code, line = ending(trainer(tmp_path / "run", "trainer.max_iters=4", "trainer.val_interval=2"), capsys)
     assert code == 2
     assert line.startswith(f"error: cannot decode {truncated_png}") and "stopped at iteration 2 during validation" in line, line
