@@ -172,6 +172,7 @@ def test_authors_network_has_35_25_million_parameters_and_their_block_structure(
     assert model.low_level[0].in_channels == 256 and model.low_level[0].out_channels == 48
 
 
+@pytest.mark.slow
 def test_authors_network_takes_any_size_and_trains_a_step_on_cpu():
     torch.manual_seed(0)
     model = build_model(composed("model=deeplab_authors")["model"], 5)

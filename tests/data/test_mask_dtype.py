@@ -119,6 +119,7 @@ def trainers(tmp_path_factory):
     return built
 
 
+@pytest.mark.slow
 def test_training_steps_and_evaluation_match_int64_masks(trainers):
     from recallseg.evaluation.loop import evaluate
 

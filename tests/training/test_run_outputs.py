@@ -109,7 +109,8 @@ def test_the_table_that_ends_a_run_is_also_in_train_log(tmp_path, capsys):
     handler = logging.FileHandler(tmp_path / "train.log")
     logging.getLogger().addHandler(handler)
     try:
-        run_training(compose_checked("train", [*TINY_OVERRIDES, "trainer.max_iters=1", "trainer.val_interval=1", f"output_dir={tmp_path / 'run'}"]))
+        small_model = ["model.arch=Unet", "model.encoder_name=mobilenet_v2", "~model.encoder_output_stride", "+model.encoder_depth=3", "+model.decoder_channels=[16,8,8]"]
+        run_training(compose_checked("train", [*TINY_OVERRIDES, *small_model, "trainer.max_iters=1", "trainer.val_interval=1", f"output_dir={tmp_path / 'run'}"]))
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()

@@ -30,6 +30,7 @@ def labelled_validation_pixels():
     return sum(int((val[i][1] != val.ignore_index).sum()) for i in range(len(val)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ce", "weighted_ce", "recall"])
 def test_each_core_loss_trains_end_to_end(sweep, loss):
     root, result = sweep
@@ -51,6 +52,7 @@ def test_each_core_loss_trains_end_to_end(sweep, loss):
     assert "mPrecision" in result.stdout and "pedestrian" in result.stdout  # the printed table
 
 
+@pytest.mark.slow
 def test_weighted_ce_statistics_are_cached_from_the_training_split(sweep):
     root, _ = sweep
     stats = list((root / "cache").glob("class_stats_*.json"))
