@@ -53,8 +53,8 @@ def test_class_stats_records_image_pixels_and_the_config_and_a_run_refuses_anoth
     used = training_class_statistics(run_cfg(f"dataset.stats_file={output}"), 3)()
     assert used.pixel_counts.tolist() == stats["pixel_counts"] and used.image_pixels.tolist() == expected
     assert f"dataset.stats_file {output}" == used.source
-    other = run_cfg(f"dataset.stats_file={output}", "dataset.ignore_index=0")
-    with pytest.raises(ConfigError, match=r"dataset.stats_file: .*computed for another dataset config: ignore_index 255 \(file\) vs 0"):
+    other = run_cfg(f"dataset.stats_file={output}", "dataset.ignore_index=254")
+    with pytest.raises(ConfigError, match=r"dataset.stats_file: .*computed for another dataset config: ignore_index 255 \(file\) vs 254"):
         training_class_statistics(other, 3)()
     OmegaConf.to_container(other)  # the refusal left the config intact
 
