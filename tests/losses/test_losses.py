@@ -533,9 +533,10 @@ def test_recall_ema_momentum_outside_zero_inclusive_to_one_exclusive_is_refused(
     """momentum 1 would freeze the statistics at the first batch (s <- 1 * s + 0 * batch)."""
     from recallseg.losses.recall import RecallLoss
 
-    with pytest.raises(ValueError, match=re.escape(f"loss.momentum must be in [0, 1), got {momentum}")):
+    message = f"loss.momentum: got {momentum}; it must be a number in [0, 1); set e.g. loss.momentum=0.5"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         RecallLoss(C, statistics="ema", momentum=momentum)
-    with pytest.raises(ConfigError, match=re.escape(f"loss: recallseg.losses.recall.RecallLoss: loss.momentum must be in [0, 1), got {momentum}")):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         make("recall", statistics="ema", momentum=momentum)
 
 

@@ -22,7 +22,7 @@ def labelled_validation_pixels():
     from hydra import compose, initialize_config_dir
 
     from conftest import CONFIG_DIR
-    from recallseg.data import build_dataset
+    from recallseg.pipeline.builder import build_dataset
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["output_dir=/tmp/unused", *TINY_OVERRIDES, "seed=3"])
