@@ -138,3 +138,27 @@ def test_a_loss_built_in_python_is_held_to_its_declared_options():
     assert MyRecall(4, momentum=0.5).scale == 2.0
     with pytest.raises(ConfigError, match=r"^loss.momentum: got 2"):
         MyRecall(4, momentum=2)
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (
+            "os.system",
+            "loss._target_: the stored config names 'os.system', which is not part of recallseg, segmentation-models-pytorch or "
+            "albumentations, and recallseg never imports or calls what a checkpoint names; if you trust it, name it yourself "
+            "for this run: loss._target_=os.system",
+        ),
+        (
+            "recallseg.runtime.normalize.Normalizer",
+            "loss._target_: the stored config names 'recallseg.runtime.normalize.Normalizer', which is not a SegmentationLoss "
+            "of recallseg or its libraries; name it yourself on the command line for this run if you trust it",
+        ),
+    ],
+    ids=["outside_recallseg", "a_recallseg_module_that_is_not_a_loss"],
+)
+def test_an_untrusted_loss_section_may_name_only_recallseg_losses(target, message):
+    with pytest.raises(ConfigError) as info:
+        loss_class({"_target_": target}, trusted=False)
+    assert str(info.value) == message
+    assert loss_class({"_target_": "recallseg.losses.recall.RecallLoss"}, trusted=False) is RecallLoss
