@@ -106,3 +106,24 @@ def test_evaluation_leaves_out_pixels_of_a_negative_ignore_index():
     images = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
     matrix = evaluate(Fixed(), [(images, masks)], Normalizer([0.5] * 3, [0.5] * 3, runtime), runtime, 3, -1, progress=False)
     assert matrix.compute().tolist() == [[0, 0, 0], [0, 128, 0], [0, 64, 0]]
+
+
+def test_table_shows_percent_with_two_decimals_and_n_a_for_nan():
+    # road: TP 3, GT 4, predicted 3; unicorn: predicted once, never in the ground truth; void: absent from both.
+    m = metrics_from_confusion(torch.tensor([[3, 1, 0], [0, 0, 0], [0, 0, 0]]), ["road", "unicorn", "void"])
+    assert format_table(m).splitlines() == [
+        "class        IoU      Acc     Prec        pixels",
+        "road       75.00    75.00   100.00             4",
+        "unicorn     0.00      n/a     0.00             0",
+        "void         n/a      n/a      n/a             0",
+        "------------------------------------------------",
+        "mIoU 37.50  mAcc 75.00  aAcc 75.00  mPrecision 50.00  (percent)",
+        "n/a: class absent from both ground truth and prediction (or never predicted, for Prec); left out of the means",
+    ]
+
+
+def test_labels_outside_the_classes_are_not_scored():
+    """A label >= C that is not the ignore index (a mask the dataset did not check) falls in no cell."""
+    cm = ConfusionMatrix(3, ignore_index=255)
+    cm.update(torch.tensor([[0, 1, 2, 1, 2]]), torch.tensor([[0, 3, 3, 4, 1]]))
+    assert cm.compute().tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
