@@ -255,6 +255,24 @@ def test_a_save_that_fails_for_space_says_so_and_keeps_the_previous_checkpoint(t
     assert path.read_bytes() == before
 
 
+def test_a_save_refused_by_a_full_quota_is_a_space_error_and_writes_nothing(tmp_path, monkeypatch):
+    """EDQUOT names itself like ENOSPC, whatever the free space of the disk."""
+    path = tmp_path / "last.pt"
+
+    def edquot(obj, handle):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(torch, "save", edquot)
+    monkeypatch.setattr("shutil.disk_usage", lambda _: types.SimpleNamespace(total=10**12, used=0, free=5 * 10**9))
+    with pytest.raises(CheckpointSpaceError) as caught:
+        save_checkpoint({"model": {"w": torch.zeros(250_000)}}, path)
+    assert str(caught.value) == (
+        f"cannot save checkpoint {path}: not enough disk space (needs about 1.0 MB, 5000.0 MB free; no last.pt was written); "
+        "free space on that disk or choose another hydra.run.dir, then continue with resume=auto"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unwritable_run_directory_is_found_at_the_start(tmp_path, monkeypatch):
     import tempfile
 

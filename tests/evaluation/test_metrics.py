@@ -126,3 +126,17 @@ def test_the_ignore_index_is_honoured_and_other_unknown_targets_are_refused():
         cm.compute()
     with pytest.raises(ValueError, match="ignore_index 1 is also a class id"):
         ConfusionMatrix(3, ignore_index=1)
+
+
+def test_table_shows_percent_with_two_decimals_and_n_a_for_nan():
+    # road: TP 3, GT 4, predicted 3; unicorn: predicted once, never in the ground truth; void: absent from both.
+    m = metrics_from_confusion(torch.tensor([[3, 1, 0], [0, 0, 0], [0, 0, 0]]), ["road", "unicorn", "void"])
+    assert format_table(m).splitlines() == [
+        "class        IoU      Acc     Prec        pixels",
+        "road       75.00    75.00   100.00             4",
+        "unicorn     0.00      n/a     0.00             0",
+        "void         n/a      n/a      n/a             0",
+        "------------------------------------------------",
+        "mIoU 37.50  mAcc 75.00  aAcc 75.00  mPrecision 50.00  (percent)",
+        "n/a: class absent from both ground truth and prediction (or never predicted, for Prec); left out of the means",
+    ]

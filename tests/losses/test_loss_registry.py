@@ -138,3 +138,67 @@ def test_a_loss_built_in_python_is_held_to_its_declared_options():
     assert MyRecall(4, momentum=0.5).scale == 2.0
     with pytest.raises(ConfigError, match=r"^loss.momentum: got 2"):
         MyRecall(4, momentum=2)
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (
+            "os.system",
+            "loss._target_: the stored config names 'os.system', which is not part of recallseg, segmentation-models-pytorch or "
+            "albumentations, and recallseg never imports or calls what a checkpoint names; if you trust it, name it yourself "
+            "for this run: loss._target_=os.system",
+        ),
+        (
+            "recallseg.runtime.normalize.Normalizer",
+            "loss._target_: the stored config names 'recallseg.runtime.normalize.Normalizer', which is not a SegmentationLoss "
+            "of recallseg or its libraries; name it yourself on the command line for this run if you trust it",
+        ),
+    ],
+    ids=["outside_recallseg", "a_recallseg_module_that_is_not_a_loss"],
+)
+def test_an_untrusted_loss_section_may_name_only_recallseg_losses(target, message):
+    with pytest.raises(ConfigError) as info:
+        loss_class({"_target_": target}, trusted=False)
+    assert str(info.value) == message
+    assert loss_class({"_target_": "recallseg.losses.recall.RecallLoss"}, trusted=False) is RecallLoss
+
+
+def test_registering_the_same_class_again_under_its_name_is_accepted():
+    """A module imported twice (a notebook re-running a cell) registers its loss again: not a clash."""
+
+    class Twice(SegmentationLoss):
+        pass
+
+    try:
+        assert register_loss("twice_for_test")(Twice) is Twice
+        assert register_loss("twice_for_test")(Twice) is Twice
+        assert loss_config("twice_for_test") == {"_target_": f"{Twice.__module__}.{Twice.__qualname__}"}
+    finally:
+        LOSSES.pop("twice_for_test", None)
+
+
+def test_a_constructor_refusing_a_value_is_a_config_error_but_a_bug_in_recallseg_keeps_its_error():
+    from recallseg.evaluation.metrics import metrics_from_confusion
+
+    @register_loss("refusing_for_test")
+    class Refusing(SegmentationLoss):
+        def __init__(self, num_classes, ignore_index=255, size=1):
+            raise ValueError(f"size {size} is too large")
+
+    @register_loss("buggy_for_test")
+    class Buggy(SegmentationLoss):
+        def __init__(self, num_classes, ignore_index=255):
+            metrics_from_confusion(torch.zeros(2, 2), ["a"])  # a ValueError raised inside recallseg
+
+    try:
+        with pytest.raises(ConfigError) as info:
+            build_loss("refusing_for_test", LossContext(3), size=7)
+        assert str(info.value) == f"loss: {Refusing.__module__}.{Refusing.__qualname__}: size 7 is too large; fix the loss options"
+        with pytest.raises(ValueError) as info:
+            build_loss("buggy_for_test", LossContext(3))
+        assert type(info.value) is ValueError
+        assert str(info.value) == "confusion matrix has 2 classes but 1 names were given"
+    finally:
+        LOSSES.pop("refusing_for_test", None)
+        LOSSES.pop("buggy_for_test", None)

@@ -320,6 +320,44 @@ def test_a_negative_ignore_index_is_ignored_like_255(case_id, cfg, oracle):
 
 
 @pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
+def test_a_batch_with_one_labelled_pixel_matches_the_oracle(case_id, cfg, oracle):
+    """The means divide by one pixel, not by a floor above it."""
+    logits, target = make_batch(seed=8)
+    target.fill_(IGNORE)
+    target[1, 2, 3] = 2
+    value, grad = value_and_grad(build_loss(cfg, context()), logits, target)
+    expected, expected_grad = value_and_grad(oracle, logits.double(), target)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+PER_IMAGE_CASES = [case for case in CASES if case[1].get("per_image")]
+
+
+@pytest.mark.parametrize("case_id, cfg, oracle", PER_IMAGE_CASES, ids=[case[0] for case in PER_IMAGE_CASES])
+def test_per_image_region_losses_average_over_the_images_that_have_a_labelled_pixel(case_id, cfg, oracle):
+    logits, target = make_batch(n=3, seed=9)
+    target[1] = IGNORE  # the middle image takes no part in the mean
+    value, grad = value_and_grad(build_loss(cfg, context()), logits, target)
+    expected, expected_grad = value_and_grad(oracle, logits.double(), target)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_recall_logs_the_batch_recall_and_the_weights_it_used():
+    logits, target = make_batch(seed=5)
+    target[target == 3] = 1  # class 3 absent: recall 1 (no pixel missed), weight 0
+    loss = make("recall")
+    loss(logits, target)
+    totals, misses = recall_counts(logits, target)
+    logs = loss.extra_logs()
+    recall = [1.0 - m / t if t else 1.0 for t, m in zip(totals, misses)]
+    weights = [m / t if t else 0.0 for t, m in zip(totals, misses)]
+    torch.testing.assert_close(logs["batch_recall"].double(), torch.tensor(recall, dtype=torch.float64))
+    torch.testing.assert_close(logs["recall_weight"].double(), torch.tensor(weights, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("case_id, cfg, oracle", CASES, ids=CASE_IDS)
 def test_absent_class_gives_no_nan_or_inf(case_id, cfg, oracle):
     logits, target = make_batch(seed=5)
     target[target == 3] = 1  # class 3 is absent from the batch (and from TRAIN_COUNTS)
@@ -360,6 +398,18 @@ def test_focal_factor_is_per_pixel_not_on_the_batch_mean():
     loss = FocalLoss(num_classes=2, gamma=2.0)(logits, target)
     torch.testing.assert_close(loss, per_pixel)
     assert not torch.isclose(loss, on_batch_mean)
+
+
+def test_focal_with_gamma_below_one_keeps_a_finite_gradient_where_the_target_probability_is_one():
+    """(1 - p_t) ** gamma has an infinite derivative at p_t == 1 for gamma < 1; the floor on
+    1 - p_t keeps it finite, for a labelled pixel and for an ignored one (whose NaN the mask would keep)."""
+    logits = torch.zeros(1, C, 1, 3)
+    logits[0, 0] = 200.0  # p(class 0) == 1 in float32 everywhere
+    logits[0, 1, 0, 2] = 1.0
+    target = torch.tensor([[[0, IGNORE, 1]]])
+    value, grad = value_and_grad(make("focal", gamma=0.5), logits, target)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    assert grad[0, :, 0, :2].abs().max() < 1e-12  # confident and ignored pixels: no gradient
 
 
 def test_focal_with_gamma_zero_is_cross_entropy():
