@@ -80,3 +80,72 @@ def test_a_weight_that_is_not_finite_is_never_saved(tmp_path):
     with pytest.raises(FloatingPointError, match=f"model tensor '{name}' is not finite at iteration 0; not saving last.pt"):
         run._save("last.pt")
     assert not (tmp_path / "fresh" / "checkpoints" / "last.pt").exists()
+
+
+# -- the rules alone (checkpoints.resume_changes), on plain configs --------------------------
+
+STORED = {
+    "loss": {"_target_": "recallseg.losses.recall.RecallLoss"},
+    "model": {"_target_": "smp.DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": "imagenet", "mean": [0.5]},
+    "optimizer": {"_target_": "torch.optim.AdamW", "lr": 0.001},
+    "trainer": {"max_iters": 2, "stop_after": 1, "num_workers": 2},
+    "output_dir": "/runs/a", "resume": None,
+}
+
+
+def test_config_changes_name_every_changed_key_except_those_of_one_invocation():
+    new = {
+        **STORED,
+        "model": {**STORED["model"], "encoder_weights": None, "mean": [0.4]},
+        "optimizer": {**STORED["optimizer"], "lr": 0.05},
+        "trainer": {"max_iters": 4, "stop_after": 3, "num_workers": 0},
+        "output_dir": "/runs/b", "resume": "auto", "seed": 1,
+    }  # fmt: skip
+    from recallseg.checkpoints.resume_changes import config_changes
+
+    assert config_changes(STORED, new) == {
+        "model.encoder_weights": ("imagenet", None),
+        "model.mean": ([0.5], [0.4]),
+        "optimizer.lr": (0.001, 0.05),
+        "seed": ("<unset>", 1),
+        "trainer.max_iters": (2, 4),
+    }
+
+
+def test_refused_changes_name_another_loss_classes_network_or_optimizer_and_nothing_else():
+    from recallseg.checkpoints.resume_changes import refused_changes
+
+    same_network = {**STORED, "model": {**STORED["model"], "encoder_weights": None, "mean": [0.4]}}
+    assert refused_changes(STORED, same_network, ["road", "car"], ["road", "car"]) == []
+    new = {
+        "loss": {"_target_": "recallseg.losses.cross_entropy.CrossEntropyLoss"},
+        "model": {**STORED["model"], "encoder_name": "resnet34"},
+        "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.001},
+    }
+    assert refused_changes(STORED, new, ["road", "car"], ["road", "bus"]) == [
+        "loss._target_ recallseg.losses.recall.RecallLoss -> recallseg.losses.cross_entropy.CrossEntropyLoss (another loss type)",
+        "classes ['road', 'car'] -> ['road', 'bus']",
+        "model.encoder_name resnet18 -> resnet34 (another network)",
+        "optimizer._target_ torch.optim.AdamW -> torch.optim.SGD",
+    ]
+
+
+def test_new_optimizer_options_replace_the_stored_ones_and_the_learning_rate_becomes_the_schedules_base():
+    import torch
+
+    from recallseg.checkpoints.resume_changes import apply_optimizer_options
+
+    parameters = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    optimizer = torch.optim.AdamW([{"params": parameters[:1]}, {"params": parameters[1:]}], lr=0.001, betas=(0.9, 0.999), weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    apply_optimizer_options(optimizer, scheduler, {"_target_": "torch.optim.AdamW", "lr": 0.2, "betas": [0.8, 0.9], "weight_decay": 0.1, "nesterov": True})
+    assert scheduler.base_lrs == [0.2, 0.2]
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(0.2 / 4, rel=1e-12)
+        assert (group["initial_lr"], group["betas"], group["weight_decay"]) == (0.2, (0.8, 0.9), 0.1)
+        assert "nesterov" not in group  # an option the optimizer does not have is not planted in its groups
+    scheduler.step()
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.2 / 5, 0.2 / 5], rel=1e-12)

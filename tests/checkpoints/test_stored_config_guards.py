@@ -63,6 +63,26 @@ def test_checkpoint_config_refuses_a_checkpoint_without_a_stored_config(tmp_path
         checkpoint_config(path)
 
 
+def test_checkpoint_config_refuses_a_checkpoint_without_model_weights(tmp_path, clean):
+    path = stored(tmp_path, clean, lambda state: state.pop("model"))
+    with pytest.raises(CheckpointError) as info:
+        checkpoint_config(path)
+    assert str(info.value) == f"{path}: it has no model weights or config; give a checkpoint written by recallseg train"
+
+
+def test_overrides_replace_add_and_remove_keys_of_the_stored_sections_only():
+    """``~key`` removes a key (and is a no-op for an absent one); sections an evaluation does not use are dropped."""
+    from recallseg.checkpoints.stored_config import apply_overrides
+
+    stored_config = {
+        "dataset": {"_target_": "recallseg.data.synthetic.SyntheticStreets", "noise": 0.1, "size": 5},
+        "optimizer": {"_target_": "torch.optim.SGD", "lr": 1.0},
+    }
+    config, named = apply_overrides(stored_config, ["~dataset.noise", "~dataset.absent", "dataset.size=7", "+dataset.extra=${dataset.size}"])
+    assert config == {"dataset": {"_target_": "recallseg.data.synthetic.SyntheticStreets", "size": 7, "extra": 7}}
+    assert named == set()
+
+
 @pytest.mark.parametrize("section", ["dataset", "model"])
 def test_checkpoint_config_refuses_a_stored_section_without_a_target(tmp_path, clean, section):
     path = stored(tmp_path, clean, lambda state: state["config"][section].pop("_target_"))
