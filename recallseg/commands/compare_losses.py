@@ -39,9 +39,11 @@ ENVIRONMENT_COLUMNS = (
 
 
 def sweep_command(losses: list[str], seeds: list[str], sweep_dir: Path, overrides: list[str], launcher: str | None = None) -> list[str]:
-    """The training multirun: every loss with every seed, on ``launcher`` (Hydra's basic one when None)."""
+    """The training multirun: every loss with every seed, on ``launcher`` (Hydra's basic one when None).
+
+    Seeds are the outer loop, so a sweep cut short has every loss at its first seeds."""
     return [
-        sys.executable, "-m", "recallseg.commands.train", "-m", f"loss={','.join(losses)}", f"seed={','.join(seeds)}",
+        sys.executable, "-m", "recallseg.commands.train", "-m", f"seed={','.join(seeds)}", f"loss={','.join(losses)}",
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra:runtime.choices.loss}_seed${seed}",
         *([f"hydra/launcher={launcher}"] if launcher else []), *overrides,
     ]  # fmt: skip
