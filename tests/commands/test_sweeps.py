@@ -1,12 +1,14 @@
 """Sweeps on Hydra launchers (joblib: parallel runs on this machine; submitit: SLURM, here its
 local stand-in) and the loss comparison on top of them."""
 
+import csv
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES, read_json, run_entry_point
-from recallseg.commands import compare_losses
+from recallseg.commands import compare_losses, comparison_report
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 
@@ -36,10 +38,17 @@ def test_compare_losses_runs_two_jobs_in_parallel_on_joblib(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECALLSEG_CACHE", str(tmp_path / "cache"))
     sweep = tmp_path / "sweep"
-    compare_losses.main(["--losses", "recall,ce", "--launcher", "joblib", "--out", str(sweep), "--", *TINY_OVERRIDES, *WORKERS, "hydra.launcher.n_jobs=2"])
+    compare_losses.main(
+        ["--losses", "recall,ce", "--launcher", "joblib", "--out", str(sweep), "--split", "test", "--", *TINY_OVERRIDES, *WORKERS, "hydra.launcher.n_jobs=2"]
+    )  # fmt: skip
+    rows = {r["loss"]: r for r in csv.DictReader((sweep / "comparison.csv").open())}
     for loss in ("recall", "ce"):
         assert read_json(sweep / f"{loss}_seed0" / "metrics.json")["iteration"] == 2
+        scores = read_json(sweep / f"{loss}_seed0" / "eval_test" / "metrics.json")  # best.pt on the test split
+        assert scores["split"] == "test" and scores["checkpoint"].endswith("best.pt")
+        assert rows[loss]["split"] == "test" and float(rows[loss]["mIoU"]) == scores["mIoU"]
     table = (sweep / "comparison.md").read_text()
+    assert "scored on the test split" in table
     assert table.index("| recall |") < table.index("| ce |")  # the order given, not alphabetical
     assert (sweep / "comparison.png").is_file()
     assert "Joblib" in (sweep / "multirun.yaml").read_text()
@@ -79,8 +88,8 @@ def test_the_comparison_shows_and_writes_where_its_runs_came_from(tmp_path, monk
         (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      loss: {loss}\n")
         metrics = {"mIoU": 0.5, "mAcc": 0.5, "mPrecision": 0.5, "aAcc": 0.5, "per_class": per_class, **({"run": run} if run else {})}
         (folder / "metrics.json").write_text(json.dumps(metrics))
-    monkeypatch.setattr(compare_losses, "plot", lambda *args: None)  # the chart is not what this checks
-    markdown = compare_losses.summarize(tmp_path, compare_losses.in_order(compare_losses.collect(tmp_path), ["ce", "recall"]))
+    monkeypatch.setattr(comparison_report, "plot", lambda *args: None)  # the chart is not what this checks
+    markdown = comparison_report.summarize(tmp_path, compare_losses.in_order(compare_losses.collect(tmp_path), ["ce", "recall"]))
     shown = describe_environment(record)
     assert markdown.index("| ce |") < markdown.index("Environment of ce_seed0, ce_seed1:") < markdown.index(shown[0])
     assert all(markdown.count(line) == 1 for line in shown) and "Environment of recall_seed0:" in markdown and "- code: unknown" in markdown

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -673,8 +674,12 @@ def test_combined_merges_terms_logs_with_prefixes_and_keeps_term_state():
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_loss_yaml_builds_and_runs(path):
-    cfg = OmegaConf.load(path)
-    loss = build_loss(cfg, context())
+    from recallseg.config.compose import compose_checked
+
+    cfg = compose_checked("train", [f"loss={path.stem}"]).loss  # as training composes it: presets extend a loss's YAML
+    # Per class, the labelled pixels of the training images that contain it (for median_frequency).
+    statistics = SimpleNamespace(pixel_counts=TRAIN_COUNTS, image_pixels=torch.tensor([6000.0, 2000.0, 400.0, 0.0]))
+    loss = build_loss(cfg, LossContext(num_classes=C, ignore_index=IGNORE, class_statistics=lambda: statistics))
     logits, target = make_batch(seed=15)
     value, grad = value_and_grad(loss, logits, target)
     assert torch.isfinite(value) and torch.isfinite(grad).all()
@@ -925,3 +930,22 @@ def test_loss_runs_without_host_device_sync_on_cuda(case_id, cfg, oracle):
         torch.cuda.set_sync_debug_mode("default")
     expected = build_loss(cfg, context())(logits.detach().cpu(), target.cpu())
     torch.testing.assert_close(value.detach().cpu(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "preset, base, expected",
+    [
+        ("recall_ema", "recall", {"statistics": "ema", "momentum": 0.9}),
+        ("recall_ema_slow", "recall", {"statistics": "ema", "momentum": 0.99}),
+        ("recall_soft", "recall", {"soft": True, "statistics": "batch"}),
+        ("weighted_ce_frequency", "weighted_ce", {"mode": "median_frequency"}),
+    ],
+)
+def test_a_preset_is_its_loss_with_only_its_own_keys_changed(preset, base, expected):
+    from recallseg.config.compose import compose_checked
+
+    composed, original = (dict(compose_checked("train", [f"loss={name}"]).loss) for name in (preset, base))
+    assert {key: value for key, value in composed.items() if original.get(key) != value} == {
+        key: value for key, value in expected.items() if original.get(key) != value
+    }
+    assert all(composed[key] == value for key, value in expected.items())
