@@ -43,7 +43,7 @@ class ClassBalancedCrossEntropyLoss(WeightedCrossEntropyLoss):
 
     YAML options: ``beta`` (a number in [0, 1) or ``auto``), ``normalize`` and ``kernel``.
 
-    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar.
+    Shape: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, integer target ``(N)`` or ``(N, d1, ..., dk)``; returns a scalar.
 
     Reference: https://arxiv.org/abs/1901.05555
     """

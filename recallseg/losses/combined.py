@@ -46,7 +46,7 @@ class CombinedLoss(SegmentationLoss):
         names: one name per term, used as the prefix of its ``extra_logs`` keys
             (``"recall/recall_weight"``); a repeated name gets its position appended.
 
-    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar.
+    Shape: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, integer target ``(N)`` or ``(N, d1, ..., dk)``; returns a scalar.
     """
 
     options = {"terms": Option(list, item=dict, required=True, rule=_named_terms)}

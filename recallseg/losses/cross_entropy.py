@@ -30,7 +30,7 @@ class CrossEntropyLoss(SegmentationLoss):
         kernel: ``"torch"``, ``"triton"`` or ``"auto"``, as for recall loss (``fused_statistics``);
             the fused kernel takes no label smoothing (``auto`` then runs PyTorch).
 
-    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar. A batch
+    Shape: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, integer target ``(N)`` or ``(N, d1, ..., dk)``; returns a scalar. A batch
     whose pixels are all ignored gives 0 with zero gradient (PyTorch itself gives NaN).
     """
 

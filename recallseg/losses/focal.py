@@ -26,7 +26,7 @@ class FocalLoss(SegmentationLoss):
         alpha: optional list of C per-class weights; ``None`` weighs every class 1. The mean
             still divides by the number of pixels, not by the sum of alphas.
 
-    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar. A batch
+    Shape: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, integer target ``(N)`` or ``(N, d1, ..., dk)``; returns a scalar. A batch
     whose pixels are all ignored gives 0 with zero gradient.
 
     Reference: https://arxiv.org/abs/1708.02002

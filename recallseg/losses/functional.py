@@ -7,6 +7,24 @@ from __future__ import annotations
 import torch
 
 
+def checked_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int, loss: str) -> torch.Tensor:
+    """The target as ``torch.long``, after checking both inputs' shapes and dtypes the way
+    ``torch.nn.CrossEntropyLoss`` takes class indices: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``
+    with ``C == num_classes``, an integer target ``(N)`` or ``(N, d1, ..., dk)``. Shapes and dtypes
+    are known on the host, so this costs no synchronisation; a mismatch raises one ValueError."""
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise ValueError(f"{loss}: takes two tensors (logits, target), got {type(logits).__name__} and {type(target).__name__}")
+    if logits.dim() < 2 or logits.shape[1] != num_classes:
+        got = "a 0-d or 1-d tensor" if logits.dim() < 2 else f"{logits.shape[1]} in dimension 1 of logits {tuple(logits.shape)}"
+        raise ValueError(f"{loss}: built for num_classes={num_classes}, got {got}; logits are (N, C) or (N, C, d1, ..., dk) with C = num_classes")
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise ValueError(f"{loss}: the target holds class indices and must be an integer tensor (torch.long), got {target.dtype}; use target.long()")
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"{loss}: target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}; expected {expected} (the logits' shape without C)")
+    return target.long()
+
+
 def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int, loss: str) -> None:
     """Fail, as ``F.cross_entropy`` does, on a label that is neither a class id nor ``ignore_index``,
     and as it does without a host sync: on the CPU at once, on CUDA through a device-side assertion.

@@ -20,7 +20,7 @@ from recallseg.losses.registry import RegionLoss
 def lovasz_softmax(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, classes: str = "present", per_image: bool = False
 ) -> torch.Tensor:
-    """Lovász-softmax of ``logits (N, C, H, W)`` against ``target (N, H, W)``; see ``LovaszLoss``."""
+    """Lovász-softmax of ``logits (N, C, d1, ..., dk)`` against ``target (N, d1, ..., dk)``; see ``LovaszLoss``."""
     num_classes = logits.shape[1]
     check_labels(target, num_classes, ignore_index, "LovaszLoss")
     probs = F.softmax(logits.float(), dim=1)
@@ -73,7 +73,7 @@ class LovaszLoss(RegionLoss):
         per_image: compute the loss per image and average over images that have a non-ignored
             pixel; otherwise over the whole batch as one image.
 
-    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar. A batch
+    Shape: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, integer target ``(N)`` or ``(N, d1, ..., dk)``; returns a scalar. A batch
     whose pixels are all ignored gives 0 with zero gradient. Cost: one sort of ``C x N*H*W``
     values per step.
 

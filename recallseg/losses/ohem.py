@@ -40,7 +40,7 @@ class OhemCrossEntropyLoss(SegmentationLoss):
     The selection is made without host-device synchronisation: ignored pixels are pushed to
     ``-inf`` and the ``min_kept``-th largest CE comes from one ``topk`` on the device.
 
-    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)`` integer; returns a scalar. A batch
+    Shape: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, integer target ``(N)`` or ``(N, d1, ..., dk)``; returns a scalar. A batch
     whose pixels are all ignored gives 0 with zero gradient.
 
     Reference: https://arxiv.org/abs/1604.03540, https://arxiv.org/abs/1604.04339

@@ -40,7 +40,7 @@ class RecallLoss(SegmentationLoss):
     ``functional.target_is_top1``). The test runs on the log-probabilities the loss already
     has (``functional.target_is_top1_from_log_probs``), which ranks classes the same way.
 
-    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)``; returns a scalar.
+    Shape: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, integer target ``(N)`` or ``(N, d1, ..., dk)``; returns a scalar.
     """
 
     options = {

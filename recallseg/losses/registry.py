@@ -31,13 +31,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar, Mapping
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from recallseg.config.files import config_dir, group_options
 from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, raised_in_recallseg, resolved
 from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
+from recallseg.losses.functional import checked_inputs
 
 # Losses registered from Python: name -> their config section ({_target_: ..., **defaults}).
 LOSSES: dict[str, dict[str, Any]] = {}
@@ -66,7 +67,11 @@ class LossContext:
 
 
 class SegmentationLoss(nn.Module):
-    """Base class of recallseg losses: ``loss(logits[N,C,H,W], target[N,H,W]) -> scalar``.
+    """Base class of recallseg losses: ``loss(logits, target) -> scalar``, with the shapes of
+    ``torch.nn.CrossEntropyLoss`` and class-index targets: logits ``(N, C)`` or
+    ``(N, C, d1, ..., dk)`` (pixels, points, graph nodes, voxels), an integer target ``(N)`` or
+    ``(N, d1, ..., dk)``. A call whose C is not ``num_classes``, whose target is not an integer
+    tensor or whose shapes disagree raises one ValueError before any math (a forward pre-hook).
 
     Every recallseg loss computes in float32 and returns a float32 scalar, whatever the logits'
     dtype: half and bfloat16 logits (AMP) are upcast before the softmax, and float64 logits are
@@ -111,6 +116,7 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
+        self.register_forward_pre_hook(_check_inputs)
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], context: LossContext) -> "SegmentationLoss":
@@ -120,6 +126,14 @@ class SegmentationLoss(nn.Module):
     def extra_logs(self) -> dict[str, torch.Tensor]:
         """Detached per-class tensors [C] the trainer logs at log intervals (e.g. weights). Never synced per step."""
         return {}
+
+
+def _check_inputs(loss: SegmentationLoss, inputs: tuple) -> tuple:
+    """Every loss's call starts here: inputs as ``torch.nn.CrossEntropyLoss`` takes them, else one error."""
+    if len(inputs) != 2:
+        raise TypeError(f"{type(loss).__name__}: takes (logits, target), got {len(inputs)} arguments")
+    logits, target = inputs
+    return logits, checked_inputs(logits, target, loss.num_classes, type(loss).__name__)
 
 
 class RegionLoss(SegmentationLoss):
@@ -184,8 +198,15 @@ def loss_config(name: str) -> dict[str, Any]:
         raise ConfigError("loss", f"no loss named {name!r}", f"did you mean {hint!r}?" if hint else f"available: {', '.join(available_losses())}")
     root = OmegaConf.load(config_dir() / "train.yaml")
     top = {k: v for k, v in OmegaConf.to_container(root, resolve=False).items() if k not in ("defaults", "hydra", "output_dir")}
-    section = OmegaConf.merge(top, {"loss": OmegaConf.load(config_dir() / "loss" / f"{name}.yaml")})
+    section = OmegaConf.merge(top, {"loss": _loss_yaml(name)})
     return OmegaConf.to_container(section, resolve=True)["loss"]
+
+
+def _loss_yaml(name: str) -> DictConfig:
+    """configs/loss/<name>.yaml, over the loss YAMLs its defaults list extends (a preset such as recall_ema)."""
+    node = OmegaConf.load(config_dir() / "loss" / f"{name}.yaml")
+    bases = [str(base) for base in node.pop("defaults", []) if str(base) != "_self_"]
+    return OmegaConf.merge(*[_loss_yaml(base) for base in bases], node) if bases else node
 
 
 def loss_class(section: Mapping[str, Any], where: str = "loss", trusted: bool = True) -> type[SegmentationLoss]:

@@ -1,6 +1,7 @@
 """Every YAML in configs/ composes, and what it describes can be built."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -48,8 +49,9 @@ def test_every_loss_config_builds(loss):
     import torch
 
     cfg = compose_train(f"loss={loss}")
-    counts = lambda: torch.tensor([50, 30, 10, 5, 5, 1, 1, 1, 1])  # noqa: E731
-    criterion = build_loss(cfg.loss, LossContext(9, 255, class_pixel_counts=counts))
+    # The training split's pixel counts and, per class, the labelled pixels of the images holding it.
+    statistics = SimpleNamespace(pixel_counts=torch.tensor([50, 30, 10, 5, 5, 1, 1, 1, 1]), image_pixels=torch.tensor([60, 60, 40, 20, 20, 9, 9, 9, 9]))
+    criterion = build_loss(cfg.loss, LossContext(9, 255, class_statistics=lambda: statistics))
     assert type(criterion).__module__ + "." + type(criterion).__qualname__ == cfg.loss._target_
     logits = torch.randn(2, 9, 8, 8, requires_grad=True)
     value = criterion(logits, torch.randint(0, 9, (2, 8, 8)))
