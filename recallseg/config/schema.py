@@ -101,9 +101,8 @@ PATHS = {"cache_dir": Option(str)}
 DATASET_RESERVED = {
     "train_transform": Option(list, null=True),
     "val_transform": Option(list, null=True),
-    "split": Option(str),
-    "train_split": Option(str),
-    "val_split": Option(str),
+    "crop": Option(list, length=2, item=int, positive_items=True, null=True),  # null or absent: the images' own size
+    "split": Option(str), "train_split": Option(str), "val_split": Option(str),
     "stats_file": Option(str, null=True),
     "cache": Option(bool, null=True),  # datasets without files (synthetic) have no cache
     "cache_dir": Option(str, null=True),
