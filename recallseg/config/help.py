@@ -20,6 +20,7 @@ USAGE = {
     "train": "python train.py [group=option ...] [key=value ...]        (installed: recallseg-train)",
     "eval": "python evaluate.py checkpoint=PATH [key=value ...]         (installed: recallseg-eval)",
     "class_stats": "python scripts/class_stats.py [dataset=NAME] [key=value ...]   (installed: recallseg-class-stats)",
+    "check_data": "python scripts/check_data.py [dataset=NAME] [key=value ...]    (installed: recallseg-check-data)",
 }
 SKIPPED_TOP = ("defaults", "hydra")
 

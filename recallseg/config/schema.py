@@ -107,6 +107,7 @@ DATASET_RESERVED = {
     "cache": Option(bool, null=True),  # datasets without files (synthetic) have no cache
     "cache_dir": Option(str, null=True),
     "size_divisor": positive_int(null=True),
+    "check": Option(bool, null=True),  # null or absent: true (pipeline/data_check.py)
 }
 MODEL_INPUT = {
     "mean": Option(list, length=3, item=float),

@@ -52,6 +52,7 @@ def test_the_options_follow_the_chosen_group():
     ("train.py", ["loss: ce, class_balanced", "dataset: cityscapes, folder, synthetic", "trainer.max_iters=400", "loss.kernel=torch", "trainer.device=auto             auto | cpu | cuda"]),
     ("evaluate.py", ["checkpoint=???", "inference.mode=whole", "whole | slide", "predictions.format=color"]),
     ("scripts/class_stats.py", ["split=null", "null: the dataset's train_split", "dataset: cityscapes"]),
+    ("scripts/check_data.py", ["num_workers=2", "dataset: cityscapes", "(now: folder)", "dataset.check=true", "dataset.crop=null"]),
 ])  # fmt: skip
 @pytest.mark.slow
 def test_hydra_commands_help(script, expected):
