@@ -208,4 +208,5 @@ def check_before_training(cfg: Mapping[str, Any], cache_dir: str | Path, num_wor
         for line in checked.report():
             log.error("%s", line)
         raise checked.error()
-    log.info("%s", checked.summary())
+    warned = any(split.warnings for split in checked.splits)
+    log.log(logging.WARNING if warned else logging.INFO, "%s", checked.summary())
