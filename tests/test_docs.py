@@ -1,6 +1,6 @@
 """The documentation stays true to the repository: every relative link (and #anchor) in README.md,
 docs/*.md and data/README.md resolves, the README lists every docs page, and every command line
-the docs show for train.py, evaluate.py, recallseg-compare and recallseg-class-stats composes
+the docs show for train.py, evaluate.py, recallseg-compare, recallseg-class-stats and recallseg-check-data composes
 with Hydra against the project's configs.
 
 Only files and Hydra are read: no training, no torch, a few seconds in all.
@@ -140,7 +140,7 @@ def shown_files(text: str) -> dict[str, str]:
 
 
 def is_entry(token: str) -> str | None:
-    """Which config an entry-point token composes: train, eval, class_stats, compare; or None."""
+    """Which config an entry-point token composes: train, eval, class_stats, check_data, compare; or None."""
     name = token.rsplit("/", 1)[-1]
     if name in ("train.py", "recallseg-train"):
         return "train"
@@ -148,6 +148,8 @@ def is_entry(token: str) -> str | None:
         return "eval"
     if name in ("class_stats.py", "recallseg-class-stats"):
         return "class_stats"
+    if name in ("check_data.py", "recallseg-check-data"):
+        return "check_data"
     if name in ("compare_losses.py", "recallseg-compare"):
         return "compare"
     return None
@@ -332,7 +334,7 @@ def test_readme_lists_every_docs_page():
 def test_commands_are_found():
     """The docs show the everyday commands; if this count drops to nothing the parsing broke."""
     entries = {entry for command in COMMANDS for entry, _ in split_command(command)}
-    assert {"train", "eval", "compare", "class_stats"} <= entries
+    assert {"train", "eval", "compare", "class_stats", "check_data"} <= entries
     assert len(COMMANDS) >= 20
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-_CHECKOUT = Path(__file__).resolve().parent.parent / "configs"
+_CHECKOUT = Path(__file__).resolve().parents[2] / "configs"  # recallseg/config/files.py -> the checkout
 
 
 def config_dir() -> Path:

@@ -20,6 +20,7 @@ USAGE = {
     "train": "python train.py [group=option ...] [key=value ...]        (installed: recallseg-train)",
     "eval": "python evaluate.py checkpoint=PATH [key=value ...]         (installed: recallseg-eval)",
     "class_stats": "python scripts/class_stats.py [dataset=NAME] [key=value ...]   (installed: recallseg-class-stats)",
+    "check_data": "python scripts/check_data.py [dataset=NAME] [key=value ...]    (installed: recallseg-check-data)",
 }
 SKIPPED_TOP = ("defaults", "hydra")
 
@@ -39,7 +40,8 @@ def documented_options(text: str, prefix: str = "") -> tuple[str, list[tuple[str
     """``(header, [(dotted key, value as written, comment), ...])`` of one YAML config file.
 
     The header is the file's first comment line; ``defaults`` and ``hydra`` are left out; a
-    mapping's key is listed with an empty value before its keys."""
+    mapping's key is listed with an empty value before its keys, a block list's key before its
+    items, each as ``key.N`` (how an override names it) with the item as written."""
     lines = text.splitlines()
     header, i = "", 0
     while i < len(lines) and lines[i].lstrip().startswith("#"):
@@ -51,6 +53,8 @@ def documented_options(text: str, prefix: str = "") -> tuple[str, list[tuple[str
     stack: list[tuple[int, str]] = []  # (indent, key) of the open mappings
     pending: list[str] = []
     skipping: int | None = None  # indent of a skipped block
+    items: dict[str, int] = {}  # a list's dotted key -> the number of its items seen
+    item_indent: int | None = None  # indent of the last list item: deeper lines are its own
     for line in lines[i:]:
         stripped = line.strip()
         if not stripped:
@@ -65,7 +69,18 @@ def documented_options(text: str, prefix: str = "") -> tuple[str, list[tuple[str
             if indent > skipping or stripped.startswith("-"):
                 continue
             skipping = None
-        if match is None:  # a list item or a continuation
+        if item_indent is not None and indent > item_indent:
+            continue
+        item_indent = None
+        parent = ".".join([part for part in (prefix, *(k for _, k in stack)) if part])
+        if stripped.startswith("- ") and stack and (parent in items or options[-1] == (parent, "", options[-1][2])):
+            # an item of a block list: ``key.N=item`` as an override names it (dataset.train_transform.0.scale=...)
+            value, comment = _split_comment(stripped[2:])
+            items[parent] = items.get(parent, -1) + 1
+            options.append((f"{parent}.{items[parent]}", value, " ".join(pending + ([comment] if comment else []))))
+            pending, item_indent = [], indent
+            continue
+        if match is None:  # a continuation
             pending = []
             continue
         while stack and stack[-1][0] >= indent:

@@ -101,13 +101,13 @@ PATHS = {"cache_dir": Option(str)}
 DATASET_RESERVED = {
     "train_transform": Option(list, null=True),
     "val_transform": Option(list, null=True),
-    "split": Option(str),
-    "train_split": Option(str),
-    "val_split": Option(str),
+    "crop": Option(list, length=2, item=int, positive_items=True, null=True),  # null or absent: the images' own size
+    "split": Option(str), "train_split": Option(str), "val_split": Option(str),
     "stats_file": Option(str, null=True),
     "cache": Option(bool, null=True),  # datasets without files (synthetic) have no cache
     "cache_dir": Option(str, null=True),
     "size_divisor": positive_int(null=True),
+    "check": Option(bool, null=True),  # null or absent: true (pipeline/data_check.py)
 }
 MODEL_INPUT = {
     "mean": Option(list, length=3, item=float),

@@ -165,14 +165,19 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
 
     def load_compact(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``(image uint8 HxWx3 RGB, mask HxW in mask_dtype())`` of sample ``index``, checked and resized."""
+        image = read_image(self.samples[index].image)
+        mask = self.load_label(index, image.shape[:2])
+        if self.resize is not None and image.shape[:2] != self.resize:
+            image = cv2.resize(image, (self.resize[1], self.resize[0]), interpolation=cv2.INTER_LINEAR)
+        return image, mask
+
+    def load_label(self, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The mask of sample ``index`` as ``load`` returns it, its size checked against the image's
+        ``(height, width)``: ``size``, or the image file's header (no image pixel decoded)."""
         sample = self.samples[index]
-        image = read_image(sample.image)
-        height, width = image.shape[:2]
+        height, width = size if size is not None else image_size(sample.image)
         if sample.label is None:
-            size = self.resize or (height, width)
-            if self.resize is not None:
-                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-            return image, np.full(size, self.ignore_index, dtype=self.mask_dtype())
+            return np.full(self.resize or (height, width), self.ignore_index, dtype=self.mask_dtype())
         raw = self.read_raw_label(sample.label)
         if raw.shape[:2] != (height, width):
             raise DatasetError(
@@ -180,14 +185,11 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
                 f"{sample.label} is {raw.shape[1]}x{raw.shape[0]}"
             )
         self.check_raw_label(raw, sample.label)
-        if self.resize is not None:
-            h, w = self.resize
-            if (h, w) != (height, width):
-                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-                raw = cv2.resize(raw, (w, h), interpolation=cv2.INTER_NEAREST)
+        if self.resize is not None and self.resize != (height, width):
+            raw = cv2.resize(raw, (self.resize[1], self.resize[0]), interpolation=cv2.INTER_NEAREST)
         mask = self.decode_label(raw, sample.label)
         self.check_frame(sample, mask)
-        return image, mask
+        return mask
 
     # Said after a frame whose label holds one value only (a dataset may know a likely cause).
     uniform_label_hint = ""

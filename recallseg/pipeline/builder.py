@@ -4,6 +4,8 @@ A dataset config names its class with ``_target_``; every other key is a constru
 argument, except the reserved keys below, which the builder consumes:
 
 - ``train_transform`` / ``val_transform``: transform specs (see ``transforms.py``);
+- ``crop``: ``[height, width]`` of the training crop, for the train transforms given no size;
+  null (or absent): the training images' own size (``training_crop``);
 - ``split``: the split that evaluation scores (``val`` by default, ``test`` possible);
 - ``train_split`` / ``val_split``: the splits that training uses and validates on (``train``, ``val``);
 - ``stats_file``: class statistics JSON (``recallseg-class-stats``) used instead of computing counts;
@@ -28,8 +30,8 @@ from recallseg.config.schema import DATASET_RESERVED
 from recallseg.errors import ConfigError
 from recallseg.data.base import SegmentationDataset
 from recallseg.data.layout import require_samples
-from recallseg.pipeline.cache import CachedDataset, default_cache_dir
-from recallseg.pipeline.transforms import build_transform, check_output_size, output_size
+from recallseg.pipeline.cache import CachedDataset, default_cache_dir, frame_shape
+from recallseg.pipeline.transforms import build_transform, check_output_size, output_size, with_crop
 
 # The class and the keys the builder consumes; the rest are constructor arguments.
 RESERVED_KEYS = ("_target_", *DATASET_RESERVED)
@@ -91,12 +93,37 @@ def build_dataset(
             )
     if transform == "auto":
         key = "train_transform" if train else "val_transform"
+        specs = cfg.get(key)
+        if train and trusted:  # a stored (untrusted) section is built as written
+            specs = with_crop(specs, lambda: training_crop(cfg, dataset))
         transform = build_transform(
-            cfg.get(key), size_divisor=size_divisor, ignore_index=dataset.ignore_index, where=f"dataset.{key}", trusted=trusted,
+            specs, size_divisor=size_divisor, ignore_index=dataset.ignore_index, where=f"dataset.{key}", trusted=trusted,
             named_by_user=named_by_user,
         )
     dataset.transform = transform
     return dataset
+
+
+def training_crop(cfg: Mapping[str, Any], dataset: SegmentationDataset) -> tuple[int, int]:
+    """``dataset.crop`` as ``(height, width)``; null: the first training frame's size (its header, or
+    ``dataset.resize``) rounded down to multiples of ``dataset.size_divisor``, so that a crop at scale 1
+    is all image and no padding."""
+    divisor = int(cfg.get("size_divisor") or 1)
+    crop = cfg.get("crop")
+    if crop is not None:
+        if divisor > 1 and any(int(v) % divisor for v in crop):
+            raise ConfigError(
+                "dataset.crop", f"{list(crop)} is not divisible by {divisor} (dataset.size_divisor, the model's output stride)",
+                f"use multiples of {divisor}, e.g. [{_round_to(crop[0], divisor)}, {_round_to(crop[1], divisor)}]",
+            )
+        return int(crop[0]), int(crop[1])
+    height, width = frame_shape(dataset, 0)
+    crop = (max(height // divisor, 1) * divisor, max(width // divisor, 1) * divisor)
+    log.info(
+        "training crop %dx%d (HxW): the size of %s (%dx%d), rounded down to multiples of %d; set dataset.crop=[H,W] to choose another",
+        *crop, dataset.describe(0), height, width, divisor,
+    )  # fmt: skip
+    return crop
 
 
 def _reason(error: OSError) -> str:
@@ -123,8 +150,7 @@ def check_frame_sizes(cfg: Mapping[str, Any], dataset: SegmentationDataset, divi
     transforms = list(getattr(dataset.transform, "transforms", []))
     if check_output_size(transforms, divisor, "dataset.train_transform") != "variable":
         return  # a fixed size, checked just now, or padded to a multiple
-    frame = tuple(dataset.frame_shape(0)) if hasattr(dataset, "frame_shape") else tuple(dataset.load(0)[0].shape[:2])
-    size = output_size(dataset.transform, frame)
+    size = output_size(dataset.transform, tuple(frame_shape(dataset, 0)))
     if size is None or size[0] % divisor or size[1] % divisor:
         made = "frames of varying sizes" if size is None else f"{size[0]}x{size[1]} (HxW) frames ({dataset.describe(0)})"
         raise ConfigError(

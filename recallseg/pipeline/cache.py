@@ -88,7 +88,7 @@ class FrameCache:
             meta = json.loads(meta_path.read_text())
             cache = cls(directory, np.array(meta["shapes"]), np.dtype(meta["mask_dtype"]))
         else:
-            shapes = np.array([_frame_shape(dataset, i) for i in range(len(dataset))], dtype=np.int64).reshape(-1, 2)
+            shapes = np.array([frame_shape(dataset, i) for i in range(len(dataset))], dtype=np.int64).reshape(-1, 2)
             cache = cls(directory, shapes, dataset.mask_dtype())
             cache._create(signature)
         # Loads mark frames filled: a read-only cache fails here, at the start, not in a loader worker.
@@ -170,7 +170,8 @@ class FrameCache:
         return {**self.__dict__, "_readers": None, "_writers": None, "_filled": None}
 
 
-def _frame_shape(dataset: SegmentationDataset, index: int) -> tuple[int, int]:
+def frame_shape(dataset: SegmentationDataset, index: int) -> tuple[int, int]:
+    """``(height, width)`` of frame ``index`` as the dataset loads it: from the file header where the dataset can tell."""
     if hasattr(dataset, "frame_shape"):
         return tuple(dataset.frame_shape(index))
     return dataset.load(index)[0].shape[:2]

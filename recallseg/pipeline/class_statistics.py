@@ -32,9 +32,10 @@ import torch
 from tqdm import tqdm
 
 from recallseg.atomic_files import atomic_write
-from recallseg.errors import ConfigError
+from recallseg.errors import ConfigError, DatasetError
 from recallseg.config.schema import DATASET_RESERVED
 from recallseg.data.base import SegmentationDataset
+from recallseg.data.masks import to_mask_dtype
 from recallseg.pipeline.label_files import check_label_files, label_files_record, label_files_signature
 from recallseg.pipeline.loaders import WorkerLoader, worker_context, worker_init
 
@@ -78,6 +79,24 @@ def preserved_random_state() -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
+def label_mask(dataset: SegmentationDataset, index: int) -> np.ndarray:
+    """The untransformed mask of sample ``index``: a file dataset's ``load_label`` decodes the label
+    and reads only the image's header; other datasets load the whole sample."""
+    if getattr(dataset, "transform", None) is None and hasattr(dataset, "load_label"):
+        return to_mask_dtype(dataset.load_label(index), dataset.num_classes, dataset.ignore_index, dataset.describe(index), dataset.mask_dtype())
+    return dataset[index][1]
+
+
+def label_histogram(dataset: SegmentationDataset, index: int, num_classes: int, ignore_index: int) -> np.ndarray:
+    """The pixels of each class (int64, ``num_classes`` entries) in the mask of sample ``index``, ignored ones left out."""
+    mask = label_mask(dataset, index)
+    labels = mask[mask != ignore_index].ravel()
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = sorted(set(np.unique(labels[(labels < 0) | (labels >= num_classes)]).tolist()))
+        raise DatasetError(f"{dataset.describe(index)}: label values {bad} are outside 0..{num_classes - 1} and are not the ignore index {ignore_index}")
+    return np.bincount(labels, minlength=num_classes).astype(np.int64)
+
+
 class _MaskCounts(torch.utils.data.Dataset):
     """Yields per-sample class histograms so workers do the counting, not the main process."""
 
@@ -88,15 +107,7 @@ class _MaskCounts(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        _, mask = self.dataset[index]
-        labels = mask[mask != self.ignore_index].ravel()
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = sorted(set(np.unique(labels[(labels < 0) | (labels >= self.num_classes)]).tolist()))
-            raise ValueError(
-                f"{self.dataset.describe(index)}: label values {bad} are outside 0..{self.num_classes - 1} "
-                f"and are not the ignore index {self.ignore_index}"
-            )
-        return np.bincount(labels, minlength=self.num_classes).astype(np.int64)
+        return label_histogram(self.dataset, index, self.num_classes, self.ignore_index)
 
 
 def _only(batch: list) -> Any:
@@ -143,7 +154,7 @@ def cached_class_statistics(
     """``class_statistics`` of the split, read from ``cache_dir`` when computed before for the same
     config, split and label files (``label_files_signature``)."""
     dataset_cfg = statistics_config(dataset_cfg)
-    cache_file = Path(cache_dir) / f"class_stats_{statistics_key(dataset_cfg, split, label_files_signature(dataset))}.json"
+    cache_file = statistics_cache_file(dataset, dataset_cfg, split, cache_dir)
     if cache_file.is_file():
         try:
             data = json.loads(cache_file.read_text())
@@ -155,9 +166,18 @@ def cached_class_statistics(
             return ClassStatistics(
                 torch.tensor(counts, dtype=torch.int64), torch.tensor(image_pixels, dtype=torch.int64), f"cache {cache_file}"
             )
-    stats = class_statistics(dataset, dataset.num_classes, dataset.ignore_index, num_workers)
+    return cache_statistics(cache_file, dataset, class_statistics(dataset, dataset.num_classes, dataset.ignore_index, num_workers), split, dataset_cfg)
+
+
+def statistics_cache_file(dataset: SegmentationDataset, dataset_cfg: Mapping[str, Any], split: str, cache_dir: str | Path) -> Path:
+    """Where ``cached_class_statistics`` keeps the statistics of ``split`` (see the module docstring)."""
+    return Path(cache_dir) / f"class_stats_{statistics_key(statistics_config(dataset_cfg), split, label_files_signature(dataset))}.json"
+
+
+def cache_statistics(cache_file: Path, dataset: SegmentationDataset, stats: ClassStatistics, split: str, dataset_cfg: Mapping[str, Any]) -> ClassStatistics:
+    """Write ``stats`` to the cache (a warning where it cannot be written: it only saves time); returns them."""
     try:
-        write_statistics(cache_file, dataset, stats, split, dataset_cfg)
+        write_statistics(cache_file, dataset, stats, split, statistics_config(dataset_cfg))
     except OSError as error:  # the cache only saves time: the statistics are computed and used all the same
         log.warning(
             "cannot write the class-statistics cache %s (%s): the statistics are used uncached and computed again next time; "

@@ -19,18 +19,21 @@ DeepLabV3+ and most encoders). ``build_transform(..., size_divisor=32)`` checks 
   final ``pad_to_multiple`` that pads the image with 0 and the mask with the ignore index;
 - a transform that pads the mask with anything but the ignore index is rejected (padded pixels
   would be trained as a class).
+
+A training crop given no size (``height``/``width``) crops to ``dataset.crop``, by default the
+training images' own size (``with_crop``; the builder works it out).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from recallseg.config.construct import build
+from recallseg.config.construct import accepted_options, build, locate
 from recallseg.errors import ConfigError
 
 # Transforms whose output size depends on the input (a fixed size before them is lost).
@@ -65,6 +68,24 @@ def build_transform(
     if not transforms:
         return None
     return A.Compose(transforms)
+
+
+def with_crop(specs: Sequence[Any] | None, crop: Callable[[], tuple[int, int]]) -> list[Any] | None:
+    """``specs`` where each transform that takes ``height`` and ``width`` and is given neither (nor a
+    ``size``) gets ``crop()`` (``dataset.crop``), asked for only when one needs it."""
+    if isinstance(specs, (DictConfig, ListConfig)):
+        specs = OmegaConf.to_container(specs, resolve=True)
+    if not isinstance(specs, (list, tuple)):
+        return specs
+    filled = []
+    for spec in specs:
+        if isinstance(spec, Mapping) and "_target_" in spec and not {"height", "width", "size"} & set(spec):
+            names, _ = accepted_options(locate(spec["_target_"], "_target_"))
+            if {"height", "width"} <= names:
+                height, width = crop()
+                spec = {**spec, "height": height, "width": width}
+        filled.append(spec)
+    return filled
 
 
 def _sizes(transform: Any) -> tuple[int, int] | None:

@@ -19,6 +19,7 @@ from recallseg.evaluation.inference import InferenceSettings, check_size_multipl
 from recallseg.evaluation.memory import check_inference_memory, frame_sizes
 from recallseg.evaluation.samples import evaluation_samples
 from recallseg.pipeline.builder import build_dataset, check_frame_sizes
+from recallseg.pipeline.data_check import check_before_training
 from recallseg.pipeline.class_statistics import ClassStatistics, cached_class_statistics, read_statistics_file, warn_uniform_split
 from recallseg.errors import ConfigError
 from recallseg.losses import LossContext, SegmentationLoss, build_loss
@@ -84,6 +85,7 @@ def check_class_names(classes: list[str], other: list[str], where: str) -> None:
 def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
     """Datasets, model, loss, optimizer, schedule, GradScaler and input normalisation for ``cfg``."""
     tcfg, device = cfg.trainer, runtime.device
+    check_before_training(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.paths.cache_dir, tcfg.num_workers)  # dataset.check
     train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, train=True)
     val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, train=False, transform=None)
     check_class_names(list(train_set.classes), list(val_set.classes), f"the {cfg.dataset.val_split} split")

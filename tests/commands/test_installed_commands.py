@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES, read_json
 
-COMMANDS = ["recallseg-train", "recallseg-eval", "recallseg-predict", "recallseg-export", "recallseg-compare", "recallseg-class-stats", "recallseg-benchmark"]
+COMMANDS = ["recallseg-train", "recallseg-eval", "recallseg-predict", "recallseg-export", "recallseg-compare", "recallseg-check-data", "recallseg-class-stats", "recallseg-benchmark"]
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 their config files give them (read from the files, so the help cannot drift)."""
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 from conftest import CONFIG_DIR, run_entry_point
 from recallseg.config.help import documented_options, options_help
@@ -15,6 +16,31 @@ def test_options_and_their_comments_are_read_from_yaml():
     assert options == [("loss.alpha", "1", "the first"), ("loss.beta", "", "about beta, on two lines"), ("loss.beta.gamma", "[1, 2]", "nested"), ("loss.beta.delta", "3", "")]
 
 
+def test_the_items_of_a_block_list_are_listed_as_their_overrides_name_them():
+    text = "steps:  # in order\n  - {x: 1}\n  - 2  # two\n  - y: 3\n    z: 4\nafter: 5\nnested:\n  inner:\n    - a\n"
+    _, options = documented_options(text, "d")
+    assert options == [
+        ("d.steps", "", "in order"), ("d.steps.0", "{x: 1}", ""), ("d.steps.1", "2", "two"), ("d.steps.2", "y: 3", ""),
+        ("d.after", "5", ""), ("d.nested", "", ""), ("d.nested.inner", "", ""), ("d.nested.inner.0", "a", ""),
+    ]  # fmt: skip
+
+
+def test_the_folder_dataset_help_shows_every_key_its_transforms_and_the_size_formats():
+    text = options_help(str(CONFIG_DIR), "train", {"dataset": "folder"})
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        dataset = compose("train", overrides=["dataset=folder"]).dataset
+    for key in dataset:
+        if key != "_target_":
+            assert f"\n  dataset.{key}=" in text, key
+    for i in range(len(dataset.train_transform)):
+        assert f"\n  dataset.train_transform.{i}={{_target_: " in text, i
+    lines = {line.split("=", 1)[0].strip(): line for line in text.splitlines() if line.startswith("  dataset.")}
+    assert "[height, width]" in lines["dataset.resize"] and "e.g. dataset.resize=[" in lines["dataset.resize"]
+    assert "[height, width]" in lines["dataset.crop"] and "e.g. dataset.crop=[" in lines["dataset.crop"]
+    assert "null: the training images' own size" in lines["dataset.crop"]
+    assert "crops to dataset.crop" in lines["dataset.train_transform"]
+
+
 def test_the_options_follow_the_chosen_group():
     text = options_help(str(CONFIG_DIR), "train", {"loss": "focal", "trainer": "default", "hydra/help": "recallseg"})
     assert "loss/focal.yaml: Focal loss" in text and "loss.gamma=2.0" in text and "loss.statistics" not in text
@@ -26,6 +52,7 @@ def test_the_options_follow_the_chosen_group():
     ("train.py", ["loss: ce, class_balanced", "dataset: cityscapes, folder, synthetic", "trainer.max_iters=400", "loss.kernel=torch", "trainer.device=auto             auto | cpu | cuda"]),
     ("evaluate.py", ["checkpoint=???", "inference.mode=whole", "whole | slide", "predictions.format=color"]),
     ("scripts/class_stats.py", ["split=null", "null: the dataset's train_split", "dataset: cityscapes"]),
+    ("scripts/check_data.py", ["num_workers=2", "dataset: cityscapes", "(now: folder)", "dataset.check=true", "dataset.crop=null"]),
 ])  # fmt: skip
 @pytest.mark.slow
 def test_hydra_commands_help(script, expected):
