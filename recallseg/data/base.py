@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from recallseg.data.files import ORIENTATIONS, exif_orientation, file_signature, image_size, read_image, read_label
 from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
+from recallseg.data.resize import resize_image
 from recallseg.errors import DatasetError
 
 log = logging.getLogger("recallseg")
@@ -126,7 +127,8 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
 
     Args:
         resize: optional ``[height, width]``: every frame is resized to it when loaded (image
-            bilinear, label nearest), so a cache stores the resized frames. For protocols that
+            bilinear by ``data.resize``, the resize of the model's input pipeline; label nearest),
+            so a cache stores the resized frames. For protocols that
             only resize (the paper's Synthia one) this is the cheapest place to do it.
     """
 
@@ -171,7 +173,7 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
         if sample.label is None:
             size = self.resize or (height, width)
             if self.resize is not None:
-                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+                image = resize_image(image, size)
             return image, np.full(size, self.ignore_index, dtype=self.mask_dtype())
         raw = self.read_raw_label(sample.label)
         if raw.shape[:2] != (height, width):
@@ -183,7 +185,7 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
         if self.resize is not None:
             h, w = self.resize
             if (h, w) != (height, width):
-                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+                image = resize_image(image, (h, w))
                 raw = cv2.resize(raw, (w, h), interpolation=cv2.INTER_NEAREST)
         mask = self.decode_label(raw, sample.label)
         self.check_frame(sample, mask)
@@ -231,7 +233,8 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "split": self.split,
-            "resize": self.resize,
+            # A cache of frames resized by OpenCV (before data.resize) is stale: its key said only the size.
+            "resize": None if self.resize is None else {"size": self.resize, "by": "data.resize"},
             "ignore_index": self.ignore_index,
             "options": self.options(),
             "files": files,
