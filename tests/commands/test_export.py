@@ -4,6 +4,7 @@ and the ONNX model give one mask."""
 
 import contextlib
 import io
+import json
 
 import cv2
 import numpy as np
@@ -96,20 +97,21 @@ def test_an_odd_size_is_padded_inside_the_graph_and_cropped_back(checkpoint, raw
 
 @pytest.fixture(scope="module")
 def resized_checkpoint(checkpoint, tmp_path_factory):
-    """The module's checkpoint as if it had been trained on a folder dataset with ``dataset.resize=[64,96]``,
-    and that dataset: one 45x70 val frame."""
+    """The module's checkpoint as if it had been trained on a folder dataset with ``dataset.resize=[64,96]``
+    and validated with ``inference.size_multiple=64``, and that dataset: one 45x70 val frame."""
     folder = tmp_path_factory.mktemp("resized")
     make_folder(folder / "data", frames={"val": 1}, size=(45, 70), seed=2)
     (folder / "data" / "classes.yaml").write_text(f"classes: {list(CLASSES)}\n")
     state = load_checkpoint(checkpoint)
     dataset = composed_config(["dataset=folder", f"dataset.root={folder / 'data'}", "dataset.resize=[64,96]", "dataset.cache=false"])["dataset"]
-    save_checkpoint({**state, "config": {**state["config"], "dataset": dataset}}, folder / "resized.pt")
+    inference = {**state["config"]["inference"], "size_multiple": 64}
+    save_checkpoint({**state, "config": {**state["config"], "dataset": dataset, "inference": inference}}, folder / "resized.pt")
     return folder / "resized.pt", folder / "data" / "images" / "val" / "val_000.png"
 
 
 def test_evaluate_predict_and_onnx_give_one_mask_when_validation_resized(resized_checkpoint, tmp_path):
     """One 45x70 frame, validation resized to 64x96: evaluate.py's saved prediction, recallseg-predict's
-    mask and the raw_input ONNX model's labels are one mask, at the frame's own 45x70."""
+    mask and the raw_input ONNX model's labels are one mask, at the frame's own 45x70, padded as validation padded."""
     from hydra import compose, initialize_config_dir
 
     from recallseg.commands import predict
@@ -120,6 +122,7 @@ def test_evaluate_predict_and_onnx_give_one_mask_when_validation_resized(resized
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         eval_cfg = compose("eval", overrides=[f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'eval'}", "predictions.save=true", "predictions.format=index"])
     evaluate_checkpoint(eval_cfg)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["inference"]["size_multiple"] == 64
     evaluated = cv2.imread(str(tmp_path / "eval" / "predictions" / "val_000.png"), cv2.IMREAD_UNCHANGED)
     assert predict.main([f"checkpoint={checkpoint}", f"input={image_file}", f"output={tmp_path / 'predict'}", "formats=[index]", "device=cpu"]) == 0
     predicted = cv2.imread(str(tmp_path / "predict" / "index" / "val_000.png"), cv2.IMREAD_UNCHANGED)
