@@ -2,9 +2,11 @@
 pipeline (``evaluation.model_input``) does to any image before the network.
 
 Bilinear with half-pixel centres and no antialiasing (``F.interpolate(..., align_corners=False)``,
-the sampling OpenCV's ``INTER_LINEAR`` uses too), rounded back to uint8. It is written in torch
-so that the exported ONNX graph runs the same operations: a frame resized when a dataset loads
-it, an image resized by ``recallseg-predict`` and one resized inside ``model.onnx`` are equal.
+the sampling OpenCV's ``INTER_LINEAR`` uses too), rounded back to uint8. A frame resized when a
+dataset loads it and an image resized by ``recallseg-predict`` are equal. It is written in torch
+so that the exported ONNX graph runs the same operations; onnxruntime's ``Resize`` orders its
+float arithmetic differently, so a value within rounding error of a half grey level can land
+one level away there (docs/export.md, "Tested accuracy").
 """
 
 from __future__ import annotations
