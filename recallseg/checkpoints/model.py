@@ -7,6 +7,9 @@
     loaded = CheckpointModel("outputs/run/checkpoints/best.pt", device="cpu")
     logits = loaded.model(loaded.normalizer(uint8_batch_nhwc))   # [N, C, H, W]
 
+That is the bare network; ``evaluation.model_input`` puts it inside the input pipeline its
+validation used (resize, padding, logits at the image's size), as recallseg-predict does.
+
 The stored config is data: only recallseg's, segmentation-models-pytorch's and albumentations'
 classes are built from it, and no weights are downloaded.
 """
@@ -23,7 +26,7 @@ from recallseg.checkpoints.stored_config import checkpoint_config
 from recallseg.config.construct import resolved
 from recallseg.models import build_model
 from recallseg.runtime.device import Runtime, init_runtime
-from recallseg.runtime.normalize import Normalizer
+from recallseg.runtime.normalize import Normalizer, input_statistics
 
 
 def check_classes(state: dict, classes: list[str], checkpoint_path: Path, where: str) -> None:
@@ -74,10 +77,7 @@ class CheckpointModel:
             raise CheckpointError(f"{self.path} does not list its classes; was it written by recallseg train?")
         self.runtime = init_runtime(device, amp, "auto")
         self.model = model_from_checkpoint(self.state, self.config, len(self.classes), self.runtime, self.path, named)
-        model_cfg = self.config["model"]
-        self.mean = list(model_cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.std = list(model_cfg.get("std", (0.229, 0.224, 0.225)))
-        self.channel_order = str(model_cfg.get("channel_order", "rgb"))
+        self.mean, self.std, self.channel_order = input_statistics(self.config["model"])
 
     def palette(self) -> list[list[int]] | None:
         """The class colours stored in the checkpoint, else the (already checked) dataset class's."""

@@ -29,8 +29,8 @@ from recallseg.config.schema import MODEL_INPUT, TRAINER, check_value
 from recallseg.checkpoints.format import CheckpointError, load_checkpoint
 from recallseg.checkpoints.stored_data import escape_interpolations
 
-# The stored sections an evaluation uses.
-STORED_SECTIONS = ("dataset", "model", "trainer", "paths", "seed")
+# The stored sections an evaluation uses (inference, evaluation: how validation padded and scored).
+STORED_SECTIONS = ("dataset", "model", "trainer", "paths", "seed", "inference", "evaluation")
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -3,14 +3,18 @@
     recallseg-export checkpoint=outputs/.../checkpoints/best.pt output=model.onnx
     recallseg-export checkpoint=best.pt output=model.onnx raw_input=true argmax=true
 
-The graph has a dynamic batch size, height and width (any multiple of 16 for the default
-DeepLabV3+ at output stride 16). By default it is the bare network: input ``images``, float32
-``[N, 3, H, W]`` normalised with the checkpoint's ``model.mean``/``model.std``; output
-``logits`` ``[N, classes, H, W]``. Options (key=value):
+The graph has a dynamic batch size, height and width, and takes any size: it pads the input
+bottom/right to a multiple of the checkpoint's ``inference.size_multiple`` and crops the logits
+back, as evaluation does. By default it is the network so padded: input ``images``, float32
+``[N, 3, H, W]`` normalised with the checkpoint's ``model.mean``/``model.std`` (and resized to
+its ``dataset.resize`` when it has one: the caller's part); output ``logits`` ``[N, classes, H, W]``.
+Options (key=value):
 
-- ``raw_input=true``: the input is uint8 ``[N, H, W, 3]`` RGB, as image files decode; the
-  graph reorders the channels to the checkpoint's ``model.channel_order`` and normalises, as
-  recallseg does on the device before the network;
+- ``raw_input=true``: the input is uint8 ``[N, H, W, 3]`` RGB, as image files decode, and the
+  graph is the checkpoint's whole input pipeline (``evaluation.model_input``): resized to
+  ``dataset.resize`` when it is set, channels in ``model.channel_order``, normalised, padded,
+  and the logits resized back to the input's size, as recallseg-predict does (a checkpoint with a
+  ``dataset.val_transform`` is refused: no ONNX graph can hold one);
 - ``argmax=true``: the output is ``labels``, int64 ``[N, H, W]`` class indices;
 - ``opset`` (default 17); ``verify`` (default true): when onnxruntime is installed, run the file
   on one random input and print the largest difference from PyTorch.
@@ -34,8 +38,9 @@ from torch import nn
 from recallseg.atomic_files import atomic_path, check_output_location
 from recallseg.checkpoints.model import CheckpointModel
 from recallseg.commands.common import ToolError, exit_code, parse_options, wants_help
+from recallseg.evaluation.inference import Inference
+from recallseg.evaluation.model_input import ModelInput, Segmenter
 from recallseg.runtime.device import Runtime
-from recallseg.runtime.normalize import Normalizer
 
 DEFAULTS = {"checkpoint": "???", "output": "???", "opset": 17, "raw_input": False, "argmax": False, "verify": True}
 USAGE = "recallseg-export checkpoint=PATH output=model.onnx [raw_input=true] [argmax=true] [opset=17]"
@@ -43,22 +48,29 @@ OPSET = 17
 
 
 class DeployedNetwork(nn.Module):
-    """The network with, optionally, recallseg's input step (``Normalizer``) before it and an argmax after it."""
+    """The network padded to its size multiple (whole-image inference, no test-time augmentation),
+    with ``raw_input`` inside the checkpoint's whole input pipeline (``Segmenter``), and optionally an argmax after it."""
 
-    def __init__(self, network: nn.Module, mean, std, channel_order: str = "rgb", raw_input: bool = False, argmax: bool = False):
+    def __init__(self, network: nn.Module, model_input: ModelInput, raw_input: bool = False, argmax: bool = False):
         super().__init__()
-        self.network, self.raw_input, self.argmax = network, raw_input, argmax
-        self.normalizer = Normalizer(mean, std, Runtime(torch.device("cpu"), None, False), channel_order)
+        self.raw_input, self.argmax = raw_input, argmax
+        if raw_input and model_input.val_transform:
+            raise ToolError(
+                f"dataset.val_transform: the checkpoint's validation transformed images with {model_input.val_transform}, which an ONNX "
+                "graph cannot hold; export with raw_input=false and apply it, the resize and the normalisation before the model"
+            )
+        settings, runtime = model_input.settings(), Runtime(torch.device("cpu"), None, False)
+        self.segment = Segmenter.for_checkpoint(network, model_input, runtime, settings, resize=True) if raw_input else None
+        self.network, self.inference = network, Inference(settings)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalizer(images) if self.raw_input else images  # uint8 [N, H, W, 3] -> float [N, 3, H, W]
-        logits = self.network(x)
+        logits = self.segment(images) if self.raw_input else self.inference(self.network, images)
         return logits.argmax(1) if self.argmax else logits
 
 
 def deployed_network(loaded: CheckpointModel, raw_input: bool, argmax: bool) -> DeployedNetwork:
     network = loaded.model.float().to(memory_format=torch.contiguous_format).cpu().eval()
-    return DeployedNetwork(network, loaded.mean, loaded.std, loaded.channel_order, raw_input, argmax).eval()
+    return DeployedNetwork(network, ModelInput.from_config(loaded.config), raw_input, argmax).eval()
 
 
 def example_input(raw_input: bool, height: int = 64, width: int = 96, batch: int = 2) -> torch.Tensor:
@@ -105,8 +117,12 @@ def export(cfg) -> Path:
     loaded = CheckpointModel(cfg.checkpoint, "cpu", "off")
     module = deployed_network(loaded, bool(cfg.raw_input), bool(cfg.argmax))
     export_onnx(module, output, int(cfg.opset))
+    resize = ModelInput.from_config(loaded.config).resize
     print(f"wrote {output} (opset {int(cfg.opset)}, {len(loaded.classes)} classes, input {'uint8 NHWC' if cfg.raw_input else 'float NCHW'}, "
           f"output {'labels' if cfg.argmax else 'logits'}; dynamic batch, height, width)")
+    if resize and not cfg.raw_input:
+        print(f"note: the checkpoint's validation resized images to {resize[0]}x{resize[1]} (HxW, dataset.resize); this graph does not: "
+              "resize them before normalising, or export with raw_input=true")
     if cfg.verify:
         try:
             import onnxruntime  # noqa: F401

@@ -16,9 +16,14 @@ training run.
 a format folder is, lies inside or holds ``input``; each PNG is written atomically (a full disk
 leaves no partial file).
 
+Each image goes through the input pipeline the checkpoint's validation used
+(``evaluation.model_input``: ``dataset.resize``, ``dataset.val_transform``, normalisation, padding to
+``inference.size_multiple``), and its mask is written at the image's own size, as ``evaluate.py``
+scores it and the exported ONNX model returns it.
+
 Options (key=value): ``device`` (auto | cpu | cuda), ``amp`` (auto | bf16 | fp16 | off),
 ``alpha`` (overlay opacity), ``inference.*`` as in configs/eval.yaml (mode, crop_size, stride,
-window_batch, flip, scales).
+window_batch, flip, scales; size_multiple, by default the checkpoint's).
 """
 
 from __future__ import annotations
@@ -112,25 +117,29 @@ def predict(cfg) -> list[Path]:
 
     from recallseg.data.files import read_image
     from recallseg.errors import DatasetError
-    from recallseg.evaluation.inference import Inference, InferenceSettings, check_size_multiple
+    from recallseg.evaluation.inference import InferenceSettings, check_size_multiple
     from recallseg.evaluation.memory import check_inference_memory
+    from recallseg.evaluation.model_input import ModelInput, Segmenter
     from recallseg.models.builder import input_divisor
     from recallseg.evaluation.predictions import PredictionWriter
     from recallseg.evaluation.run_record import new_record, with_end
-    from recallseg.runtime.normalize import Normalizer
 
     started = time.perf_counter()
     images = find_images(Path(cfg.input))
     check_output_folders(cfg)
-    settings = InferenceSettings.from_config(OmegaConf.to_container(cfg.inference, resolve=True))
+    options = OmegaConf.to_container(cfg.inference, resolve=True)
+    InferenceSettings.from_config(options)  # a wrong option is refused before the model loads
     loaded = CheckpointModel(cfg.checkpoint, cfg.device, cfg.amp)
+    model_input = ModelInput.from_config(loaded.config)  # what validation did around the network
+    settings = model_input.settings(options)
     runtime, model, classes = loaded.runtime, loaded.model, loaded.classes
     record = new_record("predict", runtime, lambda: {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "output"})
     record.update(checkpoint=str(cfg.checkpoint), input=str(Path(cfg.input).resolve()))
-    normalizer = Normalizer(loaded.mean, loaded.std, runtime, loaded.channel_order)
-    infer = Inference(settings)
+    segment = Segmenter.for_checkpoint(model, model_input, runtime, settings)
+    frame = model_input.frame_transform()
     check_size_multiple(settings, input_divisor(model))
-    check_inference_memory(model, settings, input_sizes(images), runtime.device, runtime.autocast, "the largest input image")
+    sizes = [model_input.resize] if model_input.resize else input_sizes(images)
+    check_inference_memory(model, settings, sizes, runtime.device, runtime.autocast, "the largest input image")
     names = [name for _, name in images]
     palette = loaded.palette()
     writers = [PredictionWriter(Path(cfg.output) / fmt, fmt, names, classes, palette, cfg.alpha) for fmt in cfg.formats]
@@ -144,9 +153,8 @@ def predict(cfg) -> list[Path]:
                     raise
                 skipped.append(f"{file.relative_to(cfg.input)} ({str(error).split(': ', 1)[-1]})")
                 continue
-            x = normalizer(torch.from_numpy(image)[None])
-            with runtime.autocast():
-                prediction = infer(model, x).argmax(1)[0]
+            with runtime.autocast():  # the mask at the image's own size
+                prediction = segment(torch.from_numpy(frame(image))[None], image.shape[:2]).argmax(1)[0]
             prediction = prediction.cpu()
             for writer in writers:
                 written.append(writer.write(prediction, index, image))

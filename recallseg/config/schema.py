@@ -122,9 +122,9 @@ TRAIN = {
     "seed": Option(int, minimum=0), "resume": Option(str, null=True), "output_dir": Option(str),
     "protocol": Option(str, choices=("recallseg", "paper"), null=True),
 }
-EVAL = {
-    "checkpoint": Option(str), "output_dir": Option(str),
-    "evaluation": EVALUATION, "inference": INFERENCE, "predictions": PREDICTIONS,
+EVAL = {  # a null full_resolution or size_multiple: the checkpoint's (evaluation.model_input)
+    "checkpoint": Option(str), "output_dir": Option(str), "predictions": PREDICTIONS,
+    "evaluation": {**EVALUATION, "full_resolution": Option(bool, null=True)}, "inference": {**INFERENCE, "size_multiple": positive_int(null=True)},
 }
 # Keys that carry the open sections' reserved entries (checked here; the rest by construct).
 RESERVED = {"dataset": DATASET_RESERVED, "model": MODEL_INPUT}

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from recallseg.data.files import ORIENTATIONS, exif_orientation, file_signature, image_size, read_image, read_label
 from recallseg.data.masks import compact_mask_dtype, to_mask_dtype
+from recallseg.data.resize import resize_image
 from recallseg.errors import DatasetError
 
 log = logging.getLogger("recallseg")
@@ -126,7 +127,8 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
 
     Args:
         resize: optional ``[height, width]``: every frame is resized to it when loaded (image
-            bilinear, label nearest), so a cache stores the resized frames. For protocols that
+            bilinear by ``data.resize``, the resize of the model's input pipeline; label nearest),
+            so a cache stores the resized frames. For protocols that
             only resize (the paper's Synthia one) this is the cheapest place to do it.
     """
 
@@ -168,7 +170,7 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
         image = read_image(self.samples[index].image)
         mask = self.load_label(index, image.shape[:2])
         if self.resize is not None and image.shape[:2] != self.resize:
-            image = cv2.resize(image, (self.resize[1], self.resize[0]), interpolation=cv2.INTER_LINEAR)
+            image = resize_image(image, self.resize)
         return image, mask
 
     def load_label(self, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -233,7 +235,8 @@ class FilePairDataset(CompactFrames, SegmentationDataset):
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "split": self.split,
-            "resize": self.resize,
+            # A cache of frames resized by OpenCV (before data.resize) is stale: its key said only the size.
+            "resize": None if self.resize is None else {"size": self.resize, "by": "data.resize"},
             "ignore_index": self.ignore_index,
             "options": self.options(),
             "files": files,

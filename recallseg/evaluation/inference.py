@@ -37,7 +37,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     """Zero-pad the bottom/right of ``x`` [N,C,H,W] to a multiple of ``multiple``; returns the original size."""
     height, width = x.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h or pad_w:
+    if pad_h or pad_w or torch.jit.is_tracing():  # an exported graph takes any size: it always pads (by 0 where none is needed)
         x = F.pad(x, (0, pad_w, 0, pad_h))
     return x, (height, width)
 
@@ -50,7 +50,7 @@ def whole_logits(model: nn.Module, x: torch.Tensor, multiple: int = 32) -> torch
 
 def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize of logits to the label's size, so predictions are scored at full resolution."""
-    if tuple(logits.shape[-2:]) == tuple(size):
+    if tuple(logits.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():  # an exported graph resizes any size
         return logits
     return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
 

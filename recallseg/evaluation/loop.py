@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from recallseg.evaluation.metrics import ConfusionMatrix
-from recallseg.evaluation.inference import resize_logits, whole_logits
+from recallseg.evaluation.inference import whole_logits
+from recallseg.evaluation.model_input import Segmenter
 from recallseg.runtime.device import Runtime, to_target
 from recallseg.runtime.normalize import Normalizer
 
@@ -49,24 +50,24 @@ def evaluate(
     """Run ``model`` over ``loader`` and return the (all-reduced) confusion matrix.
 
     ``predict(model, x)`` returns logits at the input size (whole-image inference by default;
-    see ``evaluation.inference.Inference``). Logits are resized to the mask's size before the
-    argmax, so a mask at the label's full resolution is scored at that resolution.
+    see ``evaluation.inference.Inference``). The images go through the model's input pipeline
+    (``evaluation.model_input.Segmenter``, as in recallseg-predict and the exported ONNX model),
+    which resizes the logits to the mask's size before the argmax, so a mask at the label's full
+    resolution is scored at that resolution.
     ``on_prediction`` receives each sample's prediction (to save it, say); it needs
     ``collate_evaluation`` batches, which carry the dataset indices. Nothing here
     synchronises with the host per batch, unless ``on_prediction`` copies to the host.
     """
-    predict = predict or whole_logits
+    segment = Segmenter(model, normalizer, predict or whole_logits)
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index, runtime.device)
     batches = tqdm(loader, desc="evaluate", unit="batch", leave=False, disable=not (progress and runtime.is_main))
     for batch in batches:
         for images, masks, indices in _groups(batch):
-            x = normalizer(images)
             target = to_target(masks, runtime.device)
             with runtime.autocast():
-                logits = predict(model, x)
-            prediction = resize_logits(logits, target.shape[-2:]).argmax(1)
+                prediction = segment(images, target.shape[-2:]).argmax(1)
             matrix.update(prediction, target)
             if on_prediction is not None:
                 if indices is None:

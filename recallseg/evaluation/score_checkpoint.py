@@ -23,12 +23,12 @@ from recallseg.evaluation.loop import evaluate
 from recallseg.evaluation.samples import evaluation_loader, evaluation_samples, sample_names
 from recallseg.evaluation.report import write_evaluation_report
 from recallseg.evaluation.run_record import differences_from_training, evaluation_record, log_record, with_end
-from recallseg.evaluation.inference import Inference, InferenceSettings, check_size_multiple
+from recallseg.evaluation.inference import Inference, check_size_multiple
+from recallseg.evaluation.model_input import ModelInput
 from recallseg.evaluation.memory import check_inference_memory, frame_sizes
 from recallseg.models.builder import input_divisor
 from recallseg.evaluation.predictions import PredictionWriter
 from recallseg.runtime.device import init_runtime
-from recallseg.runtime.normalize import Normalizer
 
 log = logging.getLogger("recallseg")
 
@@ -54,7 +54,8 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     checkpoint_path = Path(eval_cfg.checkpoint)
     state, stored, named = checkpoint_config(checkpoint_path, overrides)
     ecfg = OmegaConf.to_container(eval_cfg, resolve=True)
-    settings = InferenceSettings.from_config(ecfg["inference"])
+    model_input = ModelInput.from_config(stored)  # validation's pipeline; inference.* options add test-time augmentation
+    settings = model_input.settings(ecfg["inference"])
     evaluation, pcfg = ecfg["evaluation"], ecfg["predictions"]
     out = Path(ecfg["output_dir"])
     check_evaluation_outputs(ecfg, stored["dataset"], out)
@@ -70,7 +71,7 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
         writer = PredictionWriter(
             pcfg["dir"] or out / "predictions", pcfg["format"], sample_names(dataset), classes, palette=dataset.palette, alpha=pcfg["alpha"],
         )  # fmt: skip
-    full_resolution = evaluation["full_resolution"]
+    full_resolution = model_input.full_resolution if evaluation["full_resolution"] is None else evaluation["full_resolution"]
     samples = evaluation_samples(
         stored["dataset"], dataset, full_resolution, keep_image=writer is not None and writer.needs_image, trusted=False, named_by_user=named
     )  # fmt: skip
@@ -78,7 +79,7 @@ def evaluate_checkpoint(eval_cfg: DictConfig, overrides: Iterable[str] = ()) -> 
     check_inference_memory(model, settings, frame_sizes(dataset, samples.transform), runtime.device, runtime.autocast, f"the largest {split} frame")
     batch_size = evaluation["batch_size"] or trainer.get("batch_size", 1)
     loader = evaluation_loader(samples, batch_size, evaluation["num_workers"], runtime.rank, runtime.world_size, pin_memory=runtime.device.type == "cuda")
-    normalizer = Normalizer.for_model(stored["model"], runtime)
+    normalizer = model_input.normalizer(runtime)
 
     def save(prediction: torch.Tensor, index: int, batch: dict) -> None:
         image = batch["source_image"][batch["index"].index(index)] if writer.needs_image else None

@@ -14,6 +14,15 @@ from torch import nn
 from recallseg.runtime.device import Runtime
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def input_statistics(model_cfg: Any) -> tuple[list[float], list[float], str]:
+    """``(mean, std, channel_order)`` of a ``model`` config section; ImageNet's and rgb where it gives none."""
+    get = model_cfg.get
+    return list(get("mean") or IMAGENET_MEAN), list(get("std") or IMAGENET_STD), str(get("channel_order") or "rgb")
+
+
 class Normalizer(nn.Module):
     """Turns a uint8 ``[N, H, W, 3]`` RGB batch into the normalised float ``[N, 3, H, W]`` the network takes, on the device.
 
@@ -36,8 +45,8 @@ class Normalizer(nn.Module):
     @classmethod
     def for_model(cls, model_cfg: Any, runtime: Runtime) -> "Normalizer":
         """The normaliser a ``model`` config section describes (``mean``, ``std``, ``channel_order``)."""
-        get = model_cfg.get
-        return cls(get("mean"), get("std"), runtime, get("channel_order", "rgb") or "rgb")
+        mean, std, channel_order = input_statistics(model_cfg)
+        return cls(mean, std, runtime, channel_order)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.scale.device, non_blocking=True).permute(0, 3, 1, 2)

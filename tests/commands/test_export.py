@@ -1,12 +1,20 @@
 """recallseg-export: the ONNX file, run by onnxruntime at another size than training's, gives
-what recallseg's own PyTorch inference gives."""
+what recallseg's own PyTorch inference gives; with ``dataset.resize``, evaluate.py, recallseg-predict
+and the ONNX model give one mask."""
 
+import contextlib
+import io
+import json
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_entry_point
-from model_checkpoints import write_checkpoint
+from conftest import CONFIG_DIR, run_entry_point
+from dataset_trees import make_folder
+from model_checkpoints import composed_config, write_checkpoint
+from recallseg.checkpoints.format import load_checkpoint, save_checkpoint
 from recallseg.data.synthetic import CLASSES, SyntheticStreets
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -38,14 +46,24 @@ def torch_logits(checkpoint, frames):
         return loaded.model(Normalizer(loaded.mean, loaded.std, loaded.runtime, loaded.channel_order)(frames)).numpy()
 
 
-def test_raw_input_export_matches_pytorch_at_another_size(checkpoint, frames, tmp_path, capsys):
-    from recallseg.commands.export import main, onnx_outputs
+@pytest.fixture(scope="module")
+def raw_exports(checkpoint, tmp_path_factory):
+    """``(logits.onnx, labels.onnx, what the first export printed)``, both with raw_input=true."""
+    from recallseg.commands.export import main
 
-    logits_file, labels_file = tmp_path / "logits.onnx", tmp_path / "labels.onnx"
-    assert main([f"checkpoint={checkpoint}", f"output={logits_file}", "raw_input=true"]) == 0
-    out = capsys.readouterr().out
-    assert "opset 17" in out and "max |logit difference|" in out
+    folder = tmp_path_factory.mktemp("onnx")
+    logits_file, labels_file = folder / "logits.onnx", folder / "labels.onnx"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main([f"checkpoint={checkpoint}", f"output={logits_file}", "raw_input=true"]) == 0
     assert main([f"checkpoint={checkpoint}", f"output={labels_file}", "raw_input=true", "argmax=true", "verify=false"]) == 0
+    return logits_file, labels_file, printed.getvalue()
+
+
+def test_raw_input_export_matches_pytorch_at_another_size(checkpoint, frames, raw_exports):
+    from recallseg.commands.export import onnx_outputs
+
+    logits_file, labels_file, out = raw_exports
+    assert "opset 17" in out and "max |logit difference|" in out
     expected = torch_logits(checkpoint, frames)
     logits = onnx_outputs(logits_file, frames)
     assert logits.shape == expected.shape == (2, len(CLASSES), 96, 160)
@@ -57,6 +75,64 @@ def test_raw_input_export_matches_pytorch_at_another_size(checkpoint, frames, tm
     assert agreement >= ARGMAX_AGREEMENT, agreement
     assert len(np.unique(labels)) > 2  # a model predicting one class would agree trivially
     print(f"onnxruntime {onnxruntime.__version__}: max |logit diff| {difference:.2e}, argmax agreement {agreement:.5f} at 2x96x160")
+
+
+def test_an_odd_size_is_padded_inside_the_graph_and_cropped_back(checkpoint, raw_exports):
+    """237x301 is no multiple of the network's stride: the graph pads it to 256x320 (inference.size_multiple,
+    32) as evaluation does, and returns logits and labels of 237x301."""
+    from recallseg.checkpoints import CheckpointModel
+    from recallseg.commands.export import onnx_outputs
+    from recallseg.evaluation.inference import whole_logits
+
+    logits_file, labels_file, _ = raw_exports
+    frame = torch.from_numpy(SyntheticStreets("val", 237, 301, num_val=1, seed=5)[0][0])[None]
+    loaded = CheckpointModel(checkpoint, "cpu", "off")
+    with torch.no_grad():
+        expected = whole_logits(loaded.model, loaded.normalizer(frame), 32).numpy()
+    logits, labels = onnx_outputs(logits_file, frame), onnx_outputs(labels_file, frame)
+    assert logits.shape == expected.shape == (1, len(CLASSES), 237, 301) and labels.shape == (1, 237, 301)
+    assert float(np.abs(logits - expected).max()) < LOGIT_TOLERANCE
+    assert float((labels == expected.argmax(1)).mean()) >= ARGMAX_AGREEMENT
+
+
+@pytest.fixture(scope="module")
+def resized_checkpoint(checkpoint, tmp_path_factory):
+    """The module's checkpoint as if it had been trained on a folder dataset with ``dataset.resize=[64,96]``
+    and validated with ``inference.size_multiple=64``, and that dataset: one 45x70 val frame."""
+    folder = tmp_path_factory.mktemp("resized")
+    make_folder(folder / "data", frames={"val": 1}, size=(45, 70), seed=2)
+    (folder / "data" / "classes.yaml").write_text(f"classes: {list(CLASSES)}\n")
+    state = load_checkpoint(checkpoint)
+    dataset = composed_config(["dataset=folder", f"dataset.root={folder / 'data'}", "dataset.resize=[64,96]", "dataset.cache=false"])["dataset"]
+    inference = {**state["config"]["inference"], "size_multiple": 64}
+    save_checkpoint({**state, "config": {**state["config"], "dataset": dataset, "inference": inference}}, folder / "resized.pt")
+    return folder / "resized.pt", folder / "data" / "images" / "val" / "val_000.png"
+
+
+def test_evaluate_predict_and_onnx_give_one_mask_when_validation_resized(resized_checkpoint, tmp_path):
+    """One 45x70 frame, validation resized to 64x96: evaluate.py's saved prediction, recallseg-predict's
+    mask and the raw_input ONNX model's labels are one mask, at the frame's own 45x70, padded as validation padded."""
+    from hydra import compose, initialize_config_dir
+
+    from recallseg.commands import predict
+    from recallseg.commands.export import main, onnx_outputs
+    from recallseg.evaluation.score_checkpoint import evaluate_checkpoint
+
+    checkpoint, image_file = resized_checkpoint
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        eval_cfg = compose("eval", overrides=[f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'eval'}", "predictions.save=true", "predictions.format=index"])
+    evaluate_checkpoint(eval_cfg)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["inference"]["size_multiple"] == 64
+    evaluated = cv2.imread(str(tmp_path / "eval" / "predictions" / "val_000.png"), cv2.IMREAD_UNCHANGED)
+    assert predict.main([f"checkpoint={checkpoint}", f"input={image_file}", f"output={tmp_path / 'predict'}", "formats=[index]", "device=cpu"]) == 0
+    predicted = cv2.imread(str(tmp_path / "predict" / "index" / "val_000.png"), cv2.IMREAD_UNCHANGED)
+    assert main([f"checkpoint={checkpoint}", f"output={tmp_path / 'labels.onnx'}", "raw_input=true", "argmax=true", "verify=false"]) == 0
+    image = cv2.imread(str(image_file))[:, :, ::-1]
+    exported = onnx_outputs(tmp_path / "labels.onnx", torch.from_numpy(np.ascontiguousarray(image))[None])[0]
+    assert evaluated.shape == predicted.shape == exported.shape == (45, 70)
+    assert len(np.unique(predicted)) > 1  # a model predicting one class would agree trivially
+    np.testing.assert_array_equal(predicted, evaluated)
+    np.testing.assert_array_equal(exported, predicted)
 
 
 @pytest.mark.slow
@@ -88,11 +164,13 @@ def test_the_baked_input_step_is_recallsegs_for_either_channel_order(frames):
     from recallseg.runtime.device import Runtime
     from recallseg.runtime.normalize import Normalizer
     from recallseg.commands.export import DeployedNetwork
+    from recallseg.evaluation.model_input import ModelInput
 
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     runtime = Runtime(torch.device("cpu"), None, False)
     for order in ("rgb", "bgr"):
-        deployed = DeployedNetwork(torch.nn.Identity(), mean, std, order, raw_input=True)
+        model_input = ModelInput.from_config({"model": {"mean": mean, "std": std, "channel_order": order}})
+        deployed = DeployedNetwork(torch.nn.Identity(), model_input, raw_input=True)
         expected = Normalizer(mean, std, runtime, order)(frames)
         assert torch.allclose(deployed(frames), expected, atol=1e-5), order
     by_hand = (frames.permute(0, 3, 1, 2).double().flip(1) / 255 - torch.tensor(mean).double().view(1, 3, 1, 1)) / torch.tensor(std).double().view(1, 3, 1, 1)
