@@ -1,6 +1,8 @@
 """Which checkpoint a run continues from, and what it may assume about the run directory.
 
 - A fresh run never overwrites a run: checkpoints in the directory refuse it.
+- ``resume=<file>`` continues that checkpoint; ``resume=<run directory>`` the newest checkpoint
+  of that run that holds training state, chosen as ``resume=auto`` chooses.
 - ``resume=auto`` takes the newest checkpoint holding training state (``last.pt`` on a tie).
   ``best.pt`` holds the weights only, so it is never a candidate, and that is not worth a word.
   Checkpoints exist but none can be resumed (truncated, foreign, a refused payload): the run is
@@ -11,13 +13,16 @@
   replaces it (``best_score_held``).
 - The best score a resumed run starts with is the one ``best.pt`` holds: after a kill between
   writing ``best.pt`` and ``last.pt`` the two agree again, and a missing or unreadable
-  ``best.pt`` resets the score (so the next validation writes a new one).
+  ``best.pt`` resets the score (so the next validation writes a new one), with a warning. A
+  checkpoint of another directory continued in a new one starts without a best score, and
+  without a warning: that directory has no ``best.pt`` yet.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,33 @@ log = logging.getLogger("recallseg")
 
 class RunRefused(UserError):
     """The run directory cannot be used as asked; nothing in it was changed."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a run starts: afresh (``path`` None), or from the checkpoint at ``path`` with its (CPU) ``state``."""
+
+    path: Path | None = None
+    state: dict[str, Any] | None = None
+
+
+def resume_start(checkpoint_dir: Path, resume: str | None) -> Start:
+    """What a run writing to ``checkpoint_dir`` starts from, for its ``resume`` setting (None, ``auto``,
+    a checkpoint file or a run directory); refuses what it cannot use, with nothing changed."""
+    if resume is None:
+        refuse_existing_run(checkpoint_dir)
+        return Start()
+    if resume == "auto":
+        return Start(*(newest_resumable(checkpoint_dir) or (None, None)))
+    path = Path(resume)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = newest_resumable(folder) if any(folder.glob("*.pt")) else None
+        if found is None:
+            raise RunRefused(f"resume={resume}: {folder} holds no checkpoint a run can continue from; give a run directory with a last.pt, or a checkpoint file")
+        return Start(*found)
+    # On the CPU: random states must be CPU tensors; the trainer moves the rest to the device.
+    return Start(path, load_checkpoint(path, map_location="cpu"))
 
 
 def refuse_existing_run(checkpoint_dir: Path) -> None:
@@ -99,6 +131,8 @@ def reconciled_best_score(checkpoint_dir: Path, state: dict[str, Any], resumed_f
     best_path = checkpoint_dir / "best.pt"
     if resumed_from.resolve() == best_path.resolve():
         return recorded
+    if resumed_from.resolve().parent != checkpoint_dir.resolve() and not best_path.is_file():
+        return -math.inf  # another run's checkpoint, continued in a new directory: its first validation writes best.pt
     try:
         held = load_checkpoint(best_path, map_location="cpu").get("best_score") if best_path.is_file() else None
         problem = None if best_path.is_file() else "is missing"

@@ -4,7 +4,8 @@ Some changes cannot continue the stored run (another loss, other classes, anothe
 optimizer type: the stored state would not fit or would mean something else); they are
 refused, naming the keys. Every other change is applied and logged, saying that the new value
 wins: the trainer is built from the new config, and the optimizer's stored hyperparameters
-are replaced by the new ones after its state is loaded.
+are replaced by the new ones after its state is loaded. A change is what the user typed on the
+command line (``resume_config``), so it is an information line, not a warning.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def refused_changes(stored: Mapping[str, Any], new: Mapping[str, Any], stored_cl
 
 
 def check_resumable(path, stored: Mapping[str, Any], new: Mapping[str, Any], stored_classes: list[str], classes: list[str]) -> dict:
-    """Refuse what cannot continue; log what changes and that the new value applies. Returns the changes."""
+    """Refuse what cannot continue; log (information) what changes and that the new value applies. Returns the changes."""
     problems = refused_changes(stored, new, stored_classes, classes)
     if problems:
         raise UserError(
@@ -62,7 +63,7 @@ def check_resumable(path, stored: Mapping[str, Any], new: Mapping[str, Any], sto
         )
     changes = config_changes(stored, new)
     for key, (old, value) in changes.items():
-        log.warning("resume: %s changed from %r to %r; the new value applies", key, old, value)
+        log.info("resume: %s changed from %r to %r; the new value applies", key, old, value)
     return changes
 
 

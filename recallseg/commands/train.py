@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -19,25 +20,39 @@ def writes_the_run() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def run_training(cfg: DictConfig) -> float:
-    """The training task: check, claim the run directory, refuse an existing run, build, record the config, train."""
-    from recallseg.checkpoints.resume import refuse_existing_run
+def as_config(data: dict) -> DictConfig:
+    """Plain, resolved config data as the DictConfig the trainer reads: every ``${`` in it stays text."""
+    from recallseg.checkpoints.stored_data import escape_interpolations
+
+    return OmegaConf.create(escape_interpolations(data))
+
+
+def run_training(cfg: DictConfig, typed: Sequence[str] = ()) -> float:
+    """The training task: check, claim the run directory, choose the start (refusing an existing run
+    without ``resume``), build, record the config, train. A resumed run trains with its checkpoint's
+    config and the ``typed`` overrides (the keys the user typed; ``checkpoints.resume_config``)."""
+    from recallseg.checkpoints.resume import resume_start
+    from recallseg.checkpoints.resume_config import resumed_config
     from recallseg.config.schema import validate_train_config
     from recallseg.training.run_directory import claim_run_directory, record_config, release_run_directory
     from recallseg.training.trainer import Trainer
 
     with user_errors(log_to_run=True):
-        config = OmegaConf.create(validate_train_config(cfg))
-        run_dir = Path(config.output_dir)
+        config = validate_train_config(cfg)
+        run_dir = Path(config["output_dir"])
         if writes_the_run():  # before anything reads the directory's checkpoints or builds the run
             claim_run_directory(run_dir)
         try:
-            if config.resume is None:
-                refuse_existing_run(run_dir / "checkpoints")
-            trainer = Trainer(config)
+            start = resume_start(run_dir / "checkpoints", config["resume"])
+            named = None
+            if start.state is not None:  # the run's own config, not the defaults
+                config, named = resumed_config(start.state.get("config"), config, typed, start.path)
+                config = validate_train_config(as_config(config))
+            config = as_config(config)
+            trainer = Trainer(config, start=start, named_by_user=named)
             trainer.choose_start()  # may refuse the run: before anything is written
             if trainer.runtime.is_main:
-                record_config(run_dir, config)
+                record_config(run_dir, config, resumed=start.state is not None)
             metrics = trainer.fit()
         finally:
             release_run_directory(run_dir)
@@ -47,7 +62,9 @@ def run_training(cfg: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _train_app(cfg: DictConfig) -> float:
-    return run_training(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    return run_training(cfg, list(HydraConfig.get().overrides.task))
 
 
 def default_run_root(argv: list[str]) -> Path:
@@ -66,8 +83,26 @@ def default_run_root(argv: list[str]) -> Path:
     return Path(fixed or ".") if fixed.endswith("/") or fixed == pattern else Path(fixed).parent
 
 
+def compose_resumable(argv: list[str]) -> DictConfig:
+    """``compose_checked`` of the command line; on a resume, a key the defaults lack (of a stored
+    dataset other than the default, say) is refused with how to set it: ``++key=value``."""
+    from recallseg.errors import ConfigError
+
+    try:
+        return compose_checked("train", argv)
+    except ConfigError as error:
+        resuming = any(arg.split("=", 1)[0].lstrip("+") == "resume" and not arg.endswith("=null") for arg in argv)
+        if not resuming or error.problem != "is not a known option":
+            raise
+        raise ConfigError(
+            error.key, "is not a key of the default config", f"to set a key of the resumed run's stored config that the defaults lack, write ++{error.key}=<value>"
+        ) from None
+
+
 def train_main() -> None:
     """``python train.py ...`` and ``recallseg-train ...``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from recallseg.config.schema import validate_train_config
     from recallseg.training.run_directory import check_writable, claim_run_directory, release_run_directory
 
@@ -76,8 +111,8 @@ def train_main() -> None:
     try:
         if runs_a_job(argv):
             with user_errors():
-                validate_train_config(compose_checked("train", argv))
-                run_dirs = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == "hydra.run.dir"]
+                validate_train_config(compose_resumable(argv))
+                run_dirs = [str(o.value()) for o in OverridesParser.create().parse_overrides(argv) if o.key_or_group == "hydra.run.dir"]
                 if run_dirs:  # claimed before Hydra opens train.log in it
                     if writes_the_run():
                         claimed = run_dirs[-1]

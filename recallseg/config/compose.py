@@ -58,8 +58,9 @@ def _hydra_message(error: Exception) -> ConfigError:
     return ConfigError("command line", " ".join(text.split()), "see --help")
 
 
-def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
-    """Compose ``config_name`` with ``overrides`` the way Hydra will, turning its errors into ConfigErrors."""
+def compose_checked(config_name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """Compose ``config_name`` with ``overrides`` the way Hydra will, turning its errors into ConfigErrors
+    (with Hydra's own section, which holds the option each group chose, if asked)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -79,7 +80,7 @@ def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
         except Exception:
             known = []
         try:
-            return compose(config_name, overrides=overrides)
+            return compose(config_name, overrides=overrides, return_hydra_config=return_hydra_config)
         except Exception as error:
             key = re.search(r"Could not override '([^']+)'", str(error))
             if key:
@@ -93,6 +94,15 @@ def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
 def _is_group(override: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
     return "." not in key and (config_dir() / key.split("@")[0]).is_dir()
+
+
+def composed_choices(config_name: str, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(the config as plain data, the option each config group chose)`` for ``overrides``
+    (``output_dir`` aside: outside a Hydra run it has no value)."""
+    cfg = compose_checked(config_name, overrides, return_hydra_config=True)
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    data = {key: value for key, value in OmegaConf.to_container(cfg, resolve=False).items() if key not in ("hydra", "output_dir")}
+    return OmegaConf.to_container(OmegaConf.create(data), resolve=True), choices
 
 
 def runs_a_job(argv: list[str]) -> bool:

@@ -6,9 +6,9 @@ parameters to optimise). ``build`` is ``hydra.utils.instantiate`` with two addit
 
 - a section can be *untrusted* (a config stored in a checkpoint someone else wrote). Then every
   ``_target_`` in it, nested ones included, must be one of recallseg's own classes, a
-  segmentation-models-pytorch model or an albumentations transform, and is checked as text
-  *before* anything is imported. Anything else is refused; the user may name it on the command
-  line for this run, which makes it theirs. Hydra's other keys (``_partial_``, ``_args_``, ...)
+  segmentation-models-pytorch model, an albumentations transform or (an optimizer section) a
+  ``torch.optim`` optimizer, and is checked as text *before* anything is imported. Anything
+  else is refused; the user may name it on the command line for this run, which makes it theirs. Hydra's other keys (``_partial_``, ``_args_``, ...)
   are refused, and the checked tree is called as it is (``call_tree``): never resolved by
   OmegaConf, so what was checked is what the constructors get.
 - mistakes (an unknown target, an option the target does not take, a value the ``Option`` a
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -30,8 +31,32 @@ from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
 
 PACKAGE = Path(__file__).resolve().parents[1]  # recallseg/
-# What a stored config may name, by package; each must also be of the kind the section builds.
-TRUSTED_PACKAGES = ("recallseg", "segmentation_models_pytorch", "albumentations")
+# What a stored config may name, by package; each must also be of the kind the section builds
+# (torch.optim: an optimizer only, for a resumed run's optimizer section).
+TRUSTED_PACKAGES = ("recallseg", "segmentation_models_pytorch", "albumentations", "torch.optim")
+
+
+def _in_trusted_package(dotted: str) -> bool:
+    return any(dotted == package or dotted.startswith(package + ".") for package in TRUSTED_PACKAGES)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Whose config the parts are built from: the user's (``trusted``), or one stored in a checkpoint,
+    of which only the targets in ``named_by_user`` (named on the command line) are the user's."""
+
+    trusted: bool = True
+    named_by_user: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, named_by_user: frozenset[str] | None) -> "Trust":
+        """The user's config for None; a stored one with the user's ``named_by_user`` otherwise."""
+        return cls() if named_by_user is None else cls(False, frozenset(named_by_user))
+
+    @property
+    def build(self) -> dict[str, Any]:
+        """The keyword arguments of ``build`` (and of the builders that pass them on)."""
+        return {"trusted": self.trusted, "named_by_user": self.named_by_user}
 
 
 def resolved(node: Any) -> Any:
@@ -64,11 +89,11 @@ def check_untrusted_text(node: Any, where: str, named_by_user: set[str] = frozen
         if target in named_by_user:
             continue
         parts = str(target).split(".") if isinstance(target, str) else []
-        if len(parts) < 2 or parts[0] not in TRUSTED_PACKAGES or any(not p.isidentifier() or p.startswith("_") for p in parts):
+        if len(parts) < 2 or not _in_trusted_package(target) or any(not p.isidentifier() or p.startswith("_") for p in parts):
             raise ConfigError(
                 key,
-                f"the stored config names {target!r}, which is not part of recallseg, segmentation-models-pytorch or "
-                "albumentations, and recallseg never imports or calls what a checkpoint names",
+                f"the stored config names {target!r}, which is not part of recallseg, segmentation-models-pytorch, "
+                "albumentations or torch.optim, and recallseg never imports or calls what a checkpoint names",
                 f"if you trust it, name it yourself for this run: {key.replace('[', '.').replace(']', '')}={target}"
                 if "[" not in key else "give the section on the command line for this run",
             )
@@ -149,7 +174,7 @@ def check_trusted_object(obj: Any, target: str, key: str, kind: type | tuple[typ
     """After import: an untrusted target must be defined in a trusted package and be of ``kind``
     (a class; model factory functions of smp and recallseg.models are the one exception)."""
     module = getattr(obj, "__module__", "") or ""
-    inside = module.split(".")[0] in TRUSTED_PACKAGES
+    inside = _in_trusted_package(module)
     fits = (inspect.isclass(obj) and kind is not None and issubclass(obj, kind)) or (
         inspect.isfunction(obj) and inside and _is_factory(obj) and _admits_models(kind)
     )

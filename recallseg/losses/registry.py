@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from recallseg.config.files import config_dir, group_options
-from recallseg.config.construct import check_options, check_trusted_object, check_untrusted_text, locate, raised_in_recallseg, resolved
+from recallseg.config.construct import Trust, check_options, check_trusted_object, check_untrusted_text, locate, raised_in_recallseg, resolved, targets
 from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
 from recallseg.losses.functional import checked_inputs
@@ -249,13 +249,20 @@ def check_loss_options(section: Mapping[str, Any], where: str = "loss", num_clas
     return cls
 
 
-def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str = "loss", **options: Any) -> SegmentationLoss:
+def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str = "loss", trust: Trust = Trust(), **options: Any) -> SegmentationLoss:
     """Build a loss from a name (``"recall"``), a section naming one (``{"name": "recall", "soft": True}``)
-    or a config section (``{"_target_": ..., ...}``), with ``options`` on top of its defaults."""
+    or a config section (``{"_target_": ..., ...}``), with ``options`` on top of its defaults.
+    With a stored section (``trust``), every target in it, a combined loss's terms' included, must
+    be a loss class of a trusted package, checked as text before anything is imported."""
     section = {"name": spec} if isinstance(spec, str) else dict(resolved(spec))
     if "_target_" not in section and "name" in section:
         section = {**loss_config(str(section.pop("name"))), **section}
     section.update({key: resolved(value) for key, value in options.items()})
+    if not trust.trusted:
+        check_untrusted_text(section, where, trust.named_by_user)
+        for path, target in targets(section, where):
+            if target not in trust.named_by_user:
+                check_trusted_object(locate(target, path), target, path, SegmentationLoss)
     cls = check_loss_options(section, where, context.num_classes)
     rest = {k: v for k, v in section.items() if k != "_target_"}
     try:

@@ -2,7 +2,9 @@
 
 Every part is named by its section's ``_target_`` and built through ``recallseg.config.construct``:
 datasets (``pipeline.builder``), the model (``models.builder``), the loss (``losses.registry``),
-the optimizer and the schedule (``training.optim``).
+the optimizer and the schedule (``training.optim``). A resumed run's config comes from its
+checkpoint: every part is then built as stored data (``Trust``), and the model without
+downloading weights (the checkpoint holds them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from recallseg.evaluation.samples import evaluation_samples
 from recallseg.pipeline.builder import build_dataset, check_frame_sizes
 from recallseg.pipeline.data_check import check_before_training
 from recallseg.pipeline.class_statistics import ClassStatistics, cached_class_statistics, read_statistics_file, warn_uniform_split
+from recallseg.config.construct import Trust
 from recallseg.errors import ConfigError
 from recallseg.losses import LossContext, SegmentationLoss, build_loss
 from recallseg.models import build_model
@@ -47,7 +50,7 @@ class TrainingParts:
     normalizer: Normalizer
 
 
-def training_class_statistics(cfg: DictConfig, num_classes: int, classes: list[str] | None = None):
+def training_class_statistics(cfg: DictConfig, num_classes: int, classes: list[str] | None = None, trust: Trust = Trust()):
     """A function giving the training split's ``ClassStatistics`` (computed once, cached); losses call it if they need it.
 
     ``dataset.stats_file`` is used when set (and refused when it was computed for another dataset
@@ -61,7 +64,7 @@ def training_class_statistics(cfg: DictConfig, num_classes: int, classes: list[s
             return memo[0]
         dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
         split = dataset_cfg["train_split"]
-        raw = build_dataset(dataset_cfg, split, transform=None)  # the labels themselves: no augmentation
+        raw = build_dataset(dataset_cfg, split, transform=None, **trust.build)  # the labels themselves: no augmentation
         if dataset_cfg["stats_file"]:
             stats = read_statistics_file(dataset_cfg["stats_file"], num_classes, dataset_cfg, split, classes, dataset=raw)
         else:
@@ -82,16 +85,16 @@ def check_class_names(classes: list[str], other: list[str], where: str) -> None:
         )
 
 
-def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
+def build_training(cfg: DictConfig, runtime: Runtime, trust: Trust = Trust()) -> TrainingParts:
     """Datasets, model, loss, optimizer, schedule, GradScaler and input normalisation for ``cfg``."""
     tcfg, device = cfg.trainer, runtime.device
     check_before_training(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.paths.cache_dir, tcfg.num_workers)  # dataset.check
-    train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, train=True)
-    val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, train=False, transform=None)
+    train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, train=True, **trust.build)
+    val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, train=False, transform=None, **trust.build)
     check_class_names(list(train_set.classes), list(val_set.classes), f"the {cfg.dataset.val_split} split")
     classes = list(train_set.classes)
 
-    model = build_model(cfg.model, len(classes)).to(device)
+    model = build_model(cfg.model, len(classes), **trust.build, offline=not trust.trusted).to(device)
     divisor = input_divisor(model)
     check_frame_sizes(OmegaConf.to_container(cfg.dataset, resolve=True), train_set, divisor)
     settings = InferenceSettings.from_config(cfg.inference)
@@ -110,13 +113,13 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
         # anyway); from here on each rank draws its own dropout masks.
         torch.manual_seed(rank_seed(cfg.seed, runtime.rank))
 
-    statistics = training_class_statistics(cfg, len(classes), classes)
+    statistics = training_class_statistics(cfg, len(classes), classes, trust)
     context = LossContext(len(classes), train_set.ignore_index, class_statistics=statistics)
-    criterion = build_loss(cfg.loss, context).to(device)
+    criterion = build_loss(cfg.loss, context, trust=trust).to(device)
     if tcfg.cuda_graph:
         check_graph_support(runtime, tcfg.nonfinite, cfg.optimizer._target_)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), device, capturable=tcfg.cuda_graph)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, tcfg.max_iters)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), device, capturable=tcfg.cuda_graph, trust=trust)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, tcfg.max_iters, trust)
     # The GradScaler skips steps whose gradients are not finite, without a host sync when the
     # optimizer is fused. fp16 needs it for scaling; trainer.nonfinite=skip uses it at scale 1.
     scaling = runtime.uses_grad_scaler
@@ -126,7 +129,7 @@ def build_training(cfg: DictConfig, runtime: Runtime) -> TrainingParts:
     )  # fmt: skip
     normalizer = Normalizer.for_model(cfg.model, runtime)
     # Validation is met only after a stretch of training: what it cannot hold is said now.
-    val_transform = evaluation_samples(cfg.dataset, val_set, True).transform
+    val_transform = evaluation_samples(cfg.dataset, val_set, True, **trust.build).transform
     split = cfg.dataset.val_split
     check_inference_memory(model, settings, frame_sizes(val_set, val_transform), device, runtime.autocast, f"the largest {split} frame")
     return TrainingParts(train_set, val_set, network, model, criterion, optimizer, scheduler, scaler, normalizer)

@@ -3,9 +3,10 @@ how a save refuses non-finite weights.
 
 ``Trainer`` inherits this policy; it needs the trainer's parts (``model``, ``optimizer``,
 ``scheduler``, ``scaler``, ``criterion``, ``runtime``, ``cfg``), its place (``iteration``,
-``best_score``) and the run's record (``run_record``, None until ``fit`` starts). Which file a
-resume takes and what may change on resume are decided in ``recallseg.checkpoints``
-(``resume``, ``resume_changes``); the files' format in ``checkpoints.format``.
+``best_score``), the start its caller chose (``_start``, None: choose it here) and the run's
+record (``run_record``, None until ``fit`` starts). Which file a resume takes, the config it
+resumes with and what may change on resume are decided in ``recallseg.checkpoints``
+(``resume``, ``resume_config``, ``resume_changes``); the files' format in ``checkpoints.format``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from omegaconf import OmegaConf
 
 from recallseg.atomic_files import remove_orphaned_temporaries
 from recallseg.checkpoints.contents import for_inference, require_training_state
-from recallseg.checkpoints.format import first_nonfinite, load_checkpoint, require_finite_weights, save_checkpoint
-from recallseg.checkpoints.resume import best_score_held, newest_resumable, reconciled_best_score, refuse_existing_run
+from recallseg.checkpoints.format import first_nonfinite, require_finite_weights, save_checkpoint
+from recallseg.checkpoints.resume import best_score_held, reconciled_best_score, resume_start
 from recallseg.checkpoints.resume_changes import apply_optimizer_options, check_resumable
 from recallseg.losses.registry import load_training_state
 from recallseg.runtime.random_state import rng_state
@@ -94,18 +95,12 @@ class CheckpointPolicy:
 
     def _resume_state(self) -> dict[str, Any] | None:
         """The checkpoint to continue from, or None for a fresh run (which must not clobber one)."""
-        resume = self.cfg.resume
-        if resume is None:
-            refuse_existing_run(self.checkpoint_dir)
-            return None
-        if resume == "auto":
-            found = newest_resumable(self.checkpoint_dir)
-            if found is None:  # none at all, or only a weights-only best.pt (killed before its first last.pt)
+        start = self._start or resume_start(self.checkpoint_dir, self.cfg.resume)
+        if start.path is None:
+            if self.cfg.resume == "auto":  # none at all, or only a weights-only best.pt (killed before its first last.pt)
                 self.best_score = best_score_held(self.checkpoint_dir, self.monitor)
-                return None
-            path, state = found
-        else:  # on the CPU: random states must be CPU tensors; load_state_dict moves the rest to the device
-            path, state = Path(resume), load_checkpoint(resume, map_location="cpu")
+            return None
+        path, state = start.path, start.state
         require_finite_weights(state, path)
         require_training_state(state, path)  # best.pt holds the model only
         new = OmegaConf.to_container(self.cfg, resolve=True)

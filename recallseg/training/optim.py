@@ -8,12 +8,12 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from recallseg.config.construct import accepted_options, build, locate, resolved
+from recallseg.config.construct import Trust, accepted_options, build, check_untrusted_text, locate, resolved
 from recallseg.errors import ConfigError
 
 
 def build_optimizer(
-    cfg: Mapping[str, Any], params: Iterable[torch.nn.Parameter], device: torch.device, capturable: bool = False
+    cfg: Mapping[str, Any], params: Iterable[torch.nn.Parameter], device: torch.device, capturable: bool = False, trust: Trust = Trust()
 ) -> torch.optim.Optimizer:
     """Instantiate ``cfg._target_`` (e.g. torch.optim.AdamW) with the remaining keys.
 
@@ -23,6 +23,8 @@ def build_optimizer(
     tensor (the scheduler fills it between replays) and the step counts stay on the device.
     """
     section = dict(resolved(cfg))
+    if not trust.trusted:  # as text, before anything it names is imported
+        check_untrusted_text(section, "optimizer", trust.named_by_user)
     accepted, _ = accepted_options(locate(section.get("_target_"), "optimizer._target_"))
     if device.type == "cuda" and "fused" in accepted and "fused" not in section:
         section["fused"] = True
@@ -31,11 +33,11 @@ def build_optimizer(
             section["capturable"] = True
         base_lr = float(section["lr"])
         section["lr"] = torch.tensor(base_lr, device=device)
-        optimizer = build(section, "optimizer", params=params)
+        optimizer = build(section, "optimizer", kind=torch.optim.Optimizer, **trust.build, params=params)
         for group in optimizer.param_groups:
             group["initial_lr"] = base_lr  # a float base: the scheduler then fills the tensor without a sync
         return optimizer
-    return build(section, "optimizer", params=params)
+    return build(section, "optimizer", kind=torch.optim.Optimizer, **trust.build, params=params)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -77,9 +79,10 @@ class ConstantSchedule(PolySchedule):
         return 1.0
 
 
-def build_scheduler(cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, max_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per iteration, following the schedule ``cfg`` names."""
-    schedule = build(cfg, "scheduler")
+def build_scheduler(cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, max_iters: int, trust: Trust = Trust()) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per iteration, following the schedule ``cfg`` names (one of the
+    schedules here, when it comes from a checkpoint)."""
+    schedule = build(cfg, "scheduler", kind=PolySchedule, **trust.build)
     # A function, not the schedule object: LambdaLR would save an object's fields in its state
     # and a resume would bring back the old schedule's options.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: schedule.factor(iteration, max_iters))

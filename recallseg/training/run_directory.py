@@ -160,12 +160,14 @@ atexit.register(_release_all)
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def record_config(run_dir: Path, cfg: DictConfig) -> None:
-    """``config.yaml`` (the resolved config), ``overrides.yaml`` and ``hydra.yaml`` (with the chosen groups)."""
+def record_config(run_dir: Path, cfg: DictConfig, resumed: bool = False) -> None:
+    """``config.yaml`` (the resolved config), ``overrides.yaml`` and ``hydra.yaml`` (with the chosen groups).
+    A resumed run writes ``config.yaml`` only: the other two say how the run was started, and the
+    resume's own command line (``resume=auto``) chose none of its groups."""
     folder = run_dir / ".hydra"
     folder.mkdir(parents=True, exist_ok=True)
     files = {"config.yaml": OmegaConf.to_yaml(cfg)}
-    if HydraConfig.initialized():
+    if HydraConfig.initialized() and not resumed:
         hydra_cfg = HydraConfig.get()
         files["overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task)))
         files["hydra.yaml"] = OmegaConf.to_yaml({"hydra": {"runtime": {"choices": OmegaConf.to_container(hydra_cfg.runtime.choices)}}})

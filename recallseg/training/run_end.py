@@ -13,6 +13,10 @@ validation would otherwise have prevented). Then the run says in one line what h
   and what became of ``last.pt``, status 2;
 - a bug: a log line saying what became of ``last.pt``, then its own traceback, status 1.
 
+Each way out that keeps the place names the command that continues the run
+(``continue_command``): this program with ``resume=auto`` and the run directory, nothing else,
+since a resumed run takes its config from its checkpoint (``checkpoints.resume_config``).
+
 With several ranks a stop is agreed by every rank (``runtime.signals``) and all take part in
 the save. An error is one rank's own: rank 0 saves what it holds (the weights are the same on
 every rank) without waiting for the others, which torchrun stops when a rank exits.
@@ -21,6 +25,11 @@ every rank) without waiting for the others, which torchrun stops when a rank exi
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -32,7 +41,35 @@ from recallseg.runtime.signals import Interrupted, StopSignal
 
 log = logging.getLogger("recallseg")
 
-CONTINUE = "continue with resume=auto (same hydra.run.dir)"
+
+def continue_command(run_dir: str | Path) -> str:
+    """The command line that continues the run in ``run_dir``, quoted for a POSIX shell: the program
+    as it was started (``python train.py``, ``recallseg-train``, ``python -m ...``, under torchrun
+    with as many processes), ``resume=auto`` and the absolute run directory."""
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if Path(script).parts[-3:] == ("recallseg", "commands", "train.py"):
+        program = ["-m", "recallseg.commands.train"]
+    elif script.endswith(".py"):
+        program = [script]
+    else:  # the installed command (or a launcher that hides the script)
+        program = ["recallseg-train"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if world > 1:  # torchrun starts a script or a module; on several nodes its rendezvous options are the user's own
+        words = ["torchrun", *([f"--nnodes={world // local}"] if world > local else []), f"--nproc_per_node={local}"]
+        words += ["-m", "recallseg.commands.train"] if program == ["recallseg-train"] else program
+    else:
+        words = program if program == ["recallseg-train"] else ["python", *program]
+    return shlex.join([*words, "resume=auto", f"hydra.run.dir={_hydra_value(os.path.abspath(run_dir))}"])
+
+
+def _hydra_value(text: str) -> str:
+    """``text`` as a value Hydra's override parser reads back unchanged (quoted unless plain)."""
+    if re.fullmatch(r"[\w./:@+-]+", text):
+        return text
+    # Inside Hydra's quotes a backslash is literal except in front of a quote (or of the closing quote).
+    escaped = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text)
+    return '"' + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + '"'
 
 
 class RunStopped(UserError):
@@ -59,7 +96,7 @@ class RunEnd:
             if abandoned_validation or self._saved_at != self.iteration:
                 self._save("last.pt", rng_per_rank, validation_pending=abandoned_validation)
             self.writer.close()
-            log.info("stopped at iteration %d; %s", self.iteration, CONTINUE)
+            log.info("stopped at iteration %d; continue with: %s", self.iteration, continue_command(self.output_dir))
         if runtime.distributed:  # no rank exits (and makes torchrun kill the others) before last.pt is written
             torch.distributed.barrier()
         if stop.received is not None:
@@ -86,8 +123,9 @@ class RunEnd:
         """Save ``last.pt`` where that keeps something; says what became of it."""
         n, pending = self.iteration, self._validating
         during = " during validation" if pending else ""
+        again = f"once that is fixed, continue with: {continue_command(self.output_dir)}"
         if n == self._saved_at:
-            return f"stopped at iteration {n}{during}, which last.pt holds: {CONTINUE} once that is fixed"
+            return f"stopped at iteration {n}{during}, which last.pt holds: {again}"
         if n == self._started_at:
             return f"stopped at iteration {n}{during}, where this run started: nothing new to save"
         previous = f"the previous last.pt (iteration {self._saved_at}) is kept" if self._saved_at >= 0 else "there is no last.pt yet"
@@ -103,4 +141,4 @@ class RunEnd:
                 log.exception("saving last.pt at iteration %d failed", n)
             return f"stopped at iteration {n}, last.pt not saved ({one_line(cause or failed)}); {previous}"
         saved = "last.pt saved with that validation pending" if pending else "last.pt saved"
-        return f"stopped at iteration {n}{during}, {saved}: {CONTINUE} once that is fixed"
+        return f"stopped at iteration {n}{during}, {saved}: {again}"

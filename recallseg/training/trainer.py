@@ -28,7 +28,8 @@ from recallseg.pipeline.loaders import close_loader, train_loader
 from recallseg.runtime.device import Runtime, init_runtime, seed_everything, to_target
 from recallseg.runtime.random_state import gather_rng_states, rank_seed, rng_state, rng_state_for_rank, set_rng_state
 from recallseg.runtime.signals import Interruptible, StopAgreement, StopRequested, StopSignal
-from recallseg.training.build import build_training, describe_parts, freeze_batchnorm
+from recallseg.checkpoints.resume import Start
+from recallseg.training.build import Trust, build_training, describe_parts, freeze_batchnorm
 from recallseg.training.checkpointing import CheckpointPolicy
 from recallseg.training.cuda_graph import GraphedStep
 from recallseg.training.log import TrainingLogger, TrainingWindow, console_loggers, log_metrics, write_to_run_log
@@ -41,9 +42,14 @@ log = logging.getLogger("recallseg")
 
 class Trainer(CheckpointPolicy, RunEnd):
     """Builds every part from the (validated) config, then ``fit()`` runs the loop and returns the final metrics;
-    however it ends early, it ends through ``RunEnd`` (training.run_end)."""
+    however it ends early, it ends through ``RunEnd`` (training.run_end).
 
-    def __init__(self, cfg: DictConfig):
+    ``start``: what the run starts from, when the caller chose it (``checkpoints.resume.resume_start``);
+    by default ``choose_start`` chooses it from ``cfg.resume``. ``named_by_user``: for a config
+    taken from a checkpoint (a resume), the targets the user named on the command line; every
+    other target in it is built as stored data (``config.construct``, ``trusted=False``)."""
+
+    def __init__(self, cfg: DictConfig, *, start: Start | None = None, named_by_user: frozenset[str] | None = None):
         self.cfg = cfg
         tcfg = cfg.trainer
         self.output_dir = Path(cfg.output_dir)
@@ -51,7 +57,9 @@ class Trainer(CheckpointPolicy, RunEnd):
         self.runtime: Runtime = init_runtime(tcfg.device, tcfg.amp, tcfg.channels_last, deterministic=tcfg.deterministic)
         seed_everything(cfg.seed)
         self.nonfinite = tcfg.nonfinite
-        parts = build_training(cfg, self.runtime)
+        self._start = start
+        trust = Trust.of(named_by_user)
+        parts = build_training(cfg, self.runtime, trust)
         self.train_set, self.val_set = parts.train_set, parts.val_set
         self.network, self.model, self.criterion = parts.network, parts.model, parts.criterion
         self.optimizer, self.scheduler, self.scaler, self.normalizer = parts.optimizer, parts.scheduler, parts.scaler, parts.normalizer
@@ -77,7 +85,7 @@ class Trainer(CheckpointPolicy, RunEnd):
         self.run_record: dict[str, Any] | None = None  # rank 0, once fit() starts: stored in every checkpoint
         self._clock = RunClock()
         # Validation scores exactly as evaluate.py does (evaluation.samples), with cfg.inference.
-        self.validation_samples = evaluation_samples(cfg.dataset, self.val_set, cfg.evaluation.full_resolution)
+        self.validation_samples = evaluation_samples(cfg.dataset, self.val_set, cfg.evaluation.full_resolution, **trust.build)
         self.inference = Inference(InferenceSettings.from_config(cfg.inference))
         self.pictures = ValidationPictures(self.val_set, self.classes) if self.runtime.is_main else None  # TensorBoard images
 
@@ -105,7 +113,11 @@ class Trainer(CheckpointPolicy, RunEnd):
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.iteration or None)
+            # What an earlier invocation logged after the iteration this one starts from is redone: TensorBoard
+            # hides it (purge_step). What it logged up to that iteration, which the checkpoint holds, stays.
+            events = self.output_dir / "tensorboard"
+            purge = self.iteration + 1 if any(events.glob("events.out.tfevents.*")) else None
+            self.writer = SummaryWriter(str(events), purge_step=purge)
             self.logger = TrainingLogger(self.writer, self.classes, tcfg.max_iters, bar)
             log.info("run directory: %s", self.output_dir)
             log.info("parts: %s", describe_parts(cfg))

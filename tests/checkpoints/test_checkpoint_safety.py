@@ -175,7 +175,20 @@ def test_a_resume_takes_best_pt_s_score_and_resets_it_when_best_pt_is_gone(tmp_p
         assert reconciled_best_score(tmp_path, last, tmp_path / "last.pt") == -math.inf
     assert "cannot be read" in caplog.text and "is reset" in caplog.text
     (tmp_path / "best.pt").unlink()
-    assert reconciled_best_score(tmp_path, last, tmp_path / "last.pt") == -math.inf
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "recallseg"):
+        assert reconciled_best_score(tmp_path, last, tmp_path / "last.pt") == -math.inf
+    assert "is missing" in caplog.text and "is reset" in caplog.text
+
+
+def test_another_directorys_checkpoint_continued_in_a_new_directory_starts_without_a_best_score_or_a_warning(tmp_path, caplog):
+    """``resume=<other run>/checkpoints/last.pt hydra.run.dir=<new>``: the new directory has no best.pt yet, as it should."""
+    (tmp_path / "other").mkdir()
+    save_checkpoint(resumable(6, 0.25), tmp_path / "other" / "last.pt")
+    save_checkpoint(resumable(4, 0.25), tmp_path / "other" / "best.pt")
+    with caplog.at_level(logging.INFO, "recallseg"):
+        score = reconciled_best_score(tmp_path / "new", load_checkpoint(tmp_path / "other" / "last.pt"), tmp_path / "other" / "last.pt")
+    assert score == -math.inf and not caplog.records
 
 
 # -- orphaned temporaries -------------------------------------------------------------------

@@ -140,6 +140,15 @@ def secret(monkeypatch):
     return reads
 
 
+def resume_from(checkpoint: Path, tmp_path: Path, *typed: str) -> None:
+    """``python train.py resume=<checkpoint> hydra.run.dir=<tmp_path>/resumed <typed>``: the training task, in-process."""
+    from recallseg.config.compose import compose_checked
+    from recallseg.commands.train import run_training
+
+    typed = (f"resume={checkpoint}", f"output_dir={tmp_path / 'resumed'}", *typed)
+    run_training(compose_checked("train", list(typed)), typed)
+
+
 def run_command(command: str, checkpoint: Path, tmp_path: Path, monkeypatch) -> int:
     """Run one command that reads ``checkpoint`` in-process; its exit status."""
     if command == "evaluate":
@@ -163,12 +172,8 @@ def run_command(command: str, checkpoint: Path, tmp_path: Path, monkeypatch) -> 
 
         return export.main([f"checkpoint={checkpoint}", f"output={tmp_path / 'model.onnx'}", "verify=false"])
     if command == "resume":
-        from recallseg.config.compose import compose_checked
-        from recallseg.commands.train import run_training
-
-        cfg = compose_checked("train", [*TINY_OVERRIDES, *SMALL_MODEL, f"resume={checkpoint}", f"output_dir={tmp_path / 'resumed'}"])
         with pytest.raises(SystemExit) as stop:
-            run_training(cfg)
+            resume_from(checkpoint, tmp_path)
         return stop.value.code
     raise AssertionError(command)
 
@@ -222,13 +227,10 @@ def test_a_harmless_edit_made_the_same_way_is_accepted(command, clean_checkpoint
         assert (tmp_path / "eval" / "metrics.json").is_file() and metrics["mIoU"] == metrics["mIoU"]
         return
     code = run_command(command, checkpoint, tmp_path, monkeypatch) if command != "resume" else None
-    if command == "resume":  # the stored noise differs from the run's, so resume with the edited value
-        from recallseg.config.compose import compose_checked
-        from recallseg.commands.train import run_training
-
-        cfg = compose_checked("train", [*TINY_OVERRIDES, *SMALL_MODEL, "dataset.noise=3.5", "trainer.max_iters=2", f"resume={checkpoint}", f"output_dir={tmp_path / 'resumed'}"])
-        run_training(cfg)
-        assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["iteration"] == 2
+    if command == "resume":  # the run continues with its stored config, the edited noise included
+        resume_from(checkpoint, tmp_path, "trainer.max_iters=2")
+        resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+        assert resumed["iteration"] == 2 and resumed["config"]["dataset"]["noise"] == 3.5
         return
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / ("model.onnx" if command == "export" else "predicted")).exists()
@@ -329,3 +331,43 @@ def test_the_run_record_is_plain_data_stored_escaped_and_refused_when_edited_int
         with pytest.raises(StoredDataError, match=f"bad.pt: {message}"):  # what load_checkpoint raises as a CheckpointError
             read_stored_data({**state, "run": value}, "bad.pt")
     assert not secret
+
+
+# -- a resumed run trains with its stored config, built as data --------------------------------
+
+
+def test_a_literal_dollar_brace_stays_text_through_a_resumed_run(clean_checkpoint, tmp_path, secret):
+    """The resumed run's config is the stored one: its text reaches the trainer, the run's record and the
+    new checkpoint as text, never resolved on the way (OmegaConf meets it escaped)."""
+    state = load_checkpoint(clean_checkpoint)
+    literal = str(tmp_path / ("cache ${oc.env:" + SECRET + "}"))
+    state["config"]["paths"]["cache_dir"] = literal
+    save_checkpoint(state, tmp_path / "literal.pt")
+    resume_from(tmp_path / "literal.pt", tmp_path, "trainer.max_iters=2")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert resumed["iteration"] == 2 and resumed["config"]["paths"]["cache_dir"] == literal
+    assert not secret
+
+
+@pytest.mark.parametrize("key, target", [
+    ("optimizer", "planted_module.Optimizer"),  # refused as text: never imported
+    ("scheduler", "recallseg.atomic_files.atomic_write"),  # a function of recallseg, not a schedule
+    ("loss", "planted_module.Loss"),
+    ("model", "planted_module.Network"),
+])  # fmt: skip
+def test_a_resumed_run_builds_only_what_a_stored_config_may_name(key, target, clean_checkpoint, tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "it_ran"
+    (tmp_path / "planted_module.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\nOptimizer = Loss = Network = object\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "planted_module", raising=False)
+    edit = (lambda s: s["config"]["loss"].update({"_target_": "recallseg.losses.combined.CombinedLoss", "terms": [{"name": "ce", "_target_": target}]})) if key == "loss" else (
+        lambda s: s["config"][key].update({"_target_": target}))  # a combined loss's term: a nested target
+    checkpoint = edited(clean_checkpoint, edit, tmp_path / "tampered.pt")
+    with pytest.raises(SystemExit) as stop:
+        resume_from(checkpoint, tmp_path, "trainer.max_iters=2")
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert stop.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"{key}." in lines[0] and repr(target) in lines[0], lines[0]
+    assert not marker.exists(), "a target of the stored config was imported"
+    assert not (tmp_path / "resumed" / "checkpoints").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recallseg.checkpoints.format import save_checkpoint
-from recallseg.checkpoints.resume import RunRefused, newest_resumable, refuse_existing_run
+from recallseg.checkpoints.resume import RunRefused, Start, newest_resumable, refuse_existing_run, resume_start
 
 
 def resumable(iteration, tag):
@@ -32,3 +32,21 @@ def test_resume_auto_takes_the_checkpoint_with_the_most_iterations(tmp_path):
     save_checkpoint(resumable(2, "early"), tmp_path / "early.pt")
     path, state = newest_resumable(tmp_path)
     assert (path.name, state["iteration"], state["tag"]) == ("best.pt", 8, "best")
+
+
+def test_resume_names_a_start_as_auto_a_checkpoint_file_or_a_run_directory(tmp_path):
+    run = tmp_path / "run"
+    assert resume_start(run / "checkpoints", None) == Start() == resume_start(run / "checkpoints", "auto")
+    save_checkpoint(resumable(6, "last"), run / "checkpoints" / "last.pt")
+    save_checkpoint(resumable(2, "early"), run / "checkpoints" / "early.pt")
+    with pytest.raises(RunRefused):
+        resume_start(run / "checkpoints", None)
+    assert resume_start(run / "checkpoints", "auto").path == run / "checkpoints" / "last.pt"
+    elsewhere = tmp_path / "new" / "checkpoints"
+    assert resume_start(elsewhere, str(run)).path == run / "checkpoints" / "last.pt"  # a run directory
+    assert resume_start(elsewhere, str(run / "checkpoints")).path == run / "checkpoints" / "last.pt"  # its checkpoints
+    start = resume_start(elsewhere, str(run / "checkpoints" / "early.pt"))  # a file
+    assert (start.path.name, start.state["tag"]) == ("early.pt", "early")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunRefused, match="holds no checkpoint a run can continue from"):
+        resume_start(elsewhere, str(tmp_path / "empty"))

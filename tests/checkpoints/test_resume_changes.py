@@ -35,7 +35,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_a_new_learning_rate_applies_and_is_logged(run_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="recallseg"):
+    with caplog.at_level(logging.INFO, logger="recallseg"):
         run = resumed(run_dir, "trainer.max_iters=4", "optimizer.lr=0.05")
     assert run.iteration == 2
     factor = run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)
@@ -51,7 +51,7 @@ def test_a_new_batch_size_applies_to_the_resumed_training_and_is_logged(run_dir,
     run = trainer(tmp_path / "run", "resume=auto", "trainer.batch_size=4", "trainer.max_iters=4", "trainer.stop_after=1")  # no validation
     batch_sizes, step = [], run.step
     run.step = lambda images, masks: batch_sizes.append((len(images), len(masks))) or step(images, masks)
-    with caplog.at_level(logging.WARNING, logger="recallseg"):
+    with caplog.at_level(logging.INFO, logger="recallseg"):
         run.fit()
     assert batch_sizes == [(4, 4)]  # iteration 3, the only one after the resume
     assert "trainer.batch_size changed from 2 to 4; the new value applies" in caplog.text

@@ -96,7 +96,7 @@ def test_checkpoint_config_refuses_a_foreign_stored_target_without_importing_it(
         checkpoint_config(path)
     assert str(info.value) == (
         "dataset._target_: the stored config names 'planted_module.SyntheticStreets', which is not part of recallseg, "
-        "segmentation-models-pytorch or albumentations, and recallseg never imports or calls what a checkpoint names; "
+        "segmentation-models-pytorch, albumentations or torch.optim, and recallseg never imports or calls what a checkpoint names; "
         "if you trust it, name it yourself for this run: dataset._target_=planted_module.SyntheticStreets"
     )
     assert not planted.exists()

@@ -145,8 +145,8 @@ def test_a_loss_built_in_python_is_held_to_its_declared_options():
     [
         (
             "os.system",
-            "loss._target_: the stored config names 'os.system', which is not part of recallseg, segmentation-models-pytorch or "
-            "albumentations, and recallseg never imports or calls what a checkpoint names; if you trust it, name it yourself "
+            "loss._target_: the stored config names 'os.system', which is not part of recallseg, segmentation-models-pytorch, "
+            "albumentations or torch.optim, and recallseg never imports or calls what a checkpoint names; if you trust it, name it yourself "
             "for this run: loss._target_=os.system",
         ),
         (

@@ -120,7 +120,7 @@ def test_a_bad_training_file_met_mid_run_saves_last_pt(tmp_path, monkeypatch, ca
     bad_file_in(monkeypatch, "train", truncated_png, from_call=5)  # batch size 2: iteration 3's first sample
     code, line = ending(trainer(tmp_path / "run", "trainer.max_iters=6", "trainer.val_interval=100"), capsys)
     assert code == 2 and line.startswith(f"error: cannot decode {truncated_png}"), line
-    assert "stopped at iteration 2, last.pt saved: continue with resume=auto" in line
+    assert "stopped at iteration 2, last.pt saved: once that is fixed, continue with: " in line and line.endswith(f"resume=auto hydra.run.dir={tmp_path / 'run'}")
     assert last(tmp_path / "run")["iteration"] == 2 and last(tmp_path / "run")["validation_pending"] is False
 
 
