@@ -3,6 +3,7 @@ run directory), claim the run directory, then Hydra runs the training task."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -24,14 +25,17 @@ def run_training(cfg: DictConfig) -> float:
     from recallseg.checkpoints.resume import refuse_existing_run
     from recallseg.config.schema import validate_train_config
     from recallseg.training.run_directory import claim_run_directory, record_config, release_run_directory
+    from recallseg.training.smoke import smoke_config
     from recallseg.training.trainer import Trainer
 
     with user_errors(log_to_run=True):
-        config = OmegaConf.create(validate_train_config(cfg))
+        config, smoke_changes = smoke_config(OmegaConf.create(validate_train_config(cfg)))
         run_dir = Path(config.output_dir)
         if writes_the_run():  # before anything reads the directory's checkpoints or builds the run
             claim_run_directory(run_dir)
         try:
+            if smoke_changes:
+                logging.getLogger("recallseg").info("smoke run (trainer.smoke=true, not resumable): %s", ", ".join(smoke_changes))
             if config.resume is None:
                 refuse_existing_run(run_dir / "checkpoints")
             trainer = Trainer(config)
@@ -70,13 +74,14 @@ def train_main() -> None:
     """``python train.py ...`` and ``recallseg-train ...``."""
     from recallseg.config.schema import validate_train_config
     from recallseg.training.run_directory import check_writable, claim_run_directory, release_run_directory
+    from recallseg.training.smoke import check_smoke
 
     argv = sys.argv[1:]
     claimed = None
     try:
         if runs_a_job(argv):
             with user_errors():
-                validate_train_config(compose_checked("train", argv))
+                check_smoke(validate_train_config(compose_checked("train", argv)))
                 run_dirs = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == "hydra.run.dir"]
                 if run_dirs:  # claimed before Hydra opens train.log in it
                     if writes_the_run():
