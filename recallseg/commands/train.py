@@ -24,6 +24,7 @@ def run_training(cfg: DictConfig) -> float:
     """The training task: check, claim the run directory, refuse an existing run, build, record the config, train."""
     from recallseg.checkpoints.resume import refuse_existing_run
     from recallseg.config.schema import validate_train_config
+    from recallseg.runtime.openmp import passive_wait_note
     from recallseg.training.run_directory import claim_run_directory, record_config, release_run_directory
     from recallseg.training.smoke import smoke_config
     from recallseg.training.trainer import Trainer
@@ -36,6 +37,9 @@ def run_training(cfg: DictConfig) -> float:
         try:
             if smoke_changes:
                 logging.getLogger("recallseg").info("smoke run (trainer.smoke=true, not resumable): %s", ", ".join(smoke_changes))
+            note = passive_wait_note(config.trainer.omp_passive)
+            if note:
+                logging.getLogger("recallseg").warning(note)
             if config.resume is None:
                 refuse_existing_run(run_dir / "checkpoints")
             trainer = Trainer(config)
@@ -73,6 +77,7 @@ def default_run_root(argv: list[str]) -> Path:
 def train_main() -> None:
     """``python train.py ...`` and ``recallseg-train ...``."""
     from recallseg.config.schema import validate_train_config
+    from recallseg.runtime.openmp import restart_with_passive_wait
     from recallseg.training.run_directory import check_writable, claim_run_directory, release_run_directory
     from recallseg.training.smoke import check_smoke
 
@@ -81,7 +86,9 @@ def train_main() -> None:
     try:
         if runs_a_job(argv):
             with user_errors():
-                check_smoke(validate_train_config(compose_checked("train", argv)))
+                config = validate_train_config(compose_checked("train", argv))
+                check_smoke(config)
+                restart_with_passive_wait(config["trainer"]["omp_passive"])  # before anything is claimed
                 run_dirs = [arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == "hydra.run.dir"]
                 if run_dirs:  # claimed before Hydra opens train.log in it
                     if writes_the_run():
@@ -90,6 +97,8 @@ def train_main() -> None:
                     check_writable(run_dirs[-1])
                 else:  # Hydra creates the dated directory under it, with a traceback where it cannot
                     check_writable(default_run_root(argv))
+        else:  # a sweep's jobs compose their configs later, in this process: the option as given here
+            restart_with_passive_wait("trainer.omp_passive=true" in argv)
         _train_app()
     finally:
         if claimed is not None:
