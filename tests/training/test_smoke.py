@@ -27,6 +27,14 @@ def validated(*overrides):
     return OmegaConf.create(validate_train_config(composed(*overrides)))
 
 
+def tensorboard_image_sizes(run_dir) -> dict[str, tuple[int, int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    return {tag: (events.Images(tag)[-1].height, events.Images(tag)[-1].width) for tag in events.Tags()["images"]}
+
+
 @pytest.fixture
 def one_thread():
     threads = torch.get_num_threads()
@@ -52,6 +60,7 @@ def test_a_smoke_run_trains_a_few_iterations_validates_once_saves_and_is_not_res
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["iteration"] == ITERATIONS and last["config"]["trainer"]["smoke"] is True
     assert last["config"]["dataset"]["height"] == 64 and "optimizer" not in load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert {"train/recall_weight_heatmap", "train/batch_recall_heatmap"} <= set(tensorboard_image_sizes(run_dir))  # drawn at the validation
     # A full run does not continue it, and a smoke run does not continue anything.
     capsys.readouterr()
     with pytest.raises(SystemExit) as ended:
