@@ -1,7 +1,7 @@
 """The error types users see, and which conditions are the user's situation rather than a bug.
 
-Every command prints a ``UserError`` as one line, ``error: <what>: <why>; <what to do>``, and
-exits with status 2; anything else is a bug and keeps its traceback. Some conditions that are
+Every command prints a ``UserError`` as one line, ``error: <what>: <why>; <what to do>``, with
+the further lines of a message that has several indented below it, and exits with status 2; anything else is a bug and keeps its traceback. Some conditions that are
 not ``UserError``s are the user's situation all the same: an OS error about a file the OS names
 or about a disk that is full or read-only, and running out of memory. ``as_user_error`` maps
 them, once, for every command and for a training run's single way out.
@@ -61,7 +61,19 @@ def nearest(name: str, candidates: Iterable[str]) -> str | None:
 
 
 def one_line(error: BaseException) -> str:
-    """The user-facing line of an error; a DataLoader worker's error is unwrapped from its traceback."""
+    """The user-facing line of an error, its lines joined; a DataLoader worker's error is unwrapped from its traceback."""
+    return " ".join(message_text(error).split())
+
+
+def error_report(error: BaseException) -> str:
+    """What a command prints: ``error: <first line>``, and below it, indented, the lines of a message
+    that explains itself over several (a dataset's expected layout, an example classes file)."""
+    first, *explanation = message_text(error).strip().splitlines() or [""]
+    return "\n".join([f"error: {' '.join(first.split())}", *(f"  {line.rstrip()}" for line in explanation if line.strip())])
+
+
+def message_text(error: BaseException) -> str:
+    """The message of an error as its lines; a DataLoader worker's error is unwrapped from its traceback."""
     text = str(error)
     if "Original Traceback" in text:  # re-raised from a loader worker: the traceback ends with "module.Type: message"
         lines = text.strip().splitlines()
@@ -72,7 +84,7 @@ def one_line(error: BaseException) -> str:
         else:
             last = [line for line in lines if line.strip()][-1]
             text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split())
+    return text
 
 
 # A disk that is full, over its quota or read-only: the user's situation even where the OS names no file.

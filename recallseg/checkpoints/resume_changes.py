@@ -40,6 +40,8 @@ def config_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> dict[st
 def refused_changes(stored: Mapping[str, Any], new: Mapping[str, Any], stored_classes: list[str], classes: list[str]) -> list[str]:
     """The reasons this run cannot continue the stored one (empty: it can)."""
     problems = []
+    if stored.get("trainer", {}).get("smoke"):  # its data, crop and schedule were shrunk (training.smoke)
+        problems.append("trainer.smoke true (a smoke run's checkpoint, not a run to continue)")
     if stored.get("loss", {}).get("_target_") != new["loss"]["_target_"]:
         problems.append(f"loss._target_ {stored.get('loss', {}).get('_target_')} -> {new['loss']['_target_']} (another loss type)")
     if list(stored_classes) != list(classes):

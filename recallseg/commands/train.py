@@ -3,6 +3,7 @@ run directory), claim the run directory, then Hydra runs the training task."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ def run_training(cfg: DictConfig, typed: Sequence[str] = ()) -> float:
     from recallseg.checkpoints.resume import resume_start
     from recallseg.checkpoints.resume_config import resumed_config
     from recallseg.config.schema import validate_train_config
+    from recallseg.runtime.openmp import passive_wait_note
     from recallseg.training.run_directory import claim_run_directory, record_config, release_run_directory
+    from recallseg.training.smoke import smoke_config
     from recallseg.training.trainer import Trainer
 
     with user_errors(log_to_run=True):
@@ -48,7 +51,12 @@ def run_training(cfg: DictConfig, typed: Sequence[str] = ()) -> float:
             if start.state is not None:  # the run's own config, not the defaults
                 config, named = resumed_config(start.state.get("config"), config, typed, start.path)
                 config = validate_train_config(as_config(config))
-            config = as_config(config)
+            config, smoke_changes = smoke_config(as_config(config))
+            if smoke_changes:
+                logging.getLogger("recallseg").info("smoke run (trainer.smoke=true, not resumable): %s", ", ".join(smoke_changes))
+            note = passive_wait_note(config.trainer.omp_passive)
+            if note:
+                logging.getLogger("recallseg").warning(note)
             trainer = Trainer(config, start=start, named_by_user=named)
             trainer.choose_start()  # may refuse the run: before anything is written
             if trainer.runtime.is_main:
@@ -104,14 +112,18 @@ def train_main() -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from recallseg.config.schema import validate_train_config
+    from recallseg.runtime.openmp import restart_with_passive_wait
     from recallseg.training.run_directory import check_writable, claim_run_directory, release_run_directory
+    from recallseg.training.smoke import check_smoke
 
     argv = sys.argv[1:]
     claimed = None
     try:
         if runs_a_job(argv):
             with user_errors():
-                validate_train_config(compose_resumable(argv))
+                config = validate_train_config(compose_resumable(argv))
+                check_smoke(config)
+                restart_with_passive_wait(config["trainer"]["omp_passive"])  # before anything is claimed
                 run_dirs = [str(o.value()) for o in OverridesParser.create().parse_overrides(argv) if o.key_or_group == "hydra.run.dir"]
                 if run_dirs:  # claimed before Hydra opens train.log in it
                     if writes_the_run():
@@ -120,6 +132,8 @@ def train_main() -> None:
                     check_writable(run_dirs[-1])
                 else:  # Hydra creates the dated directory under it, with a traceback where it cannot
                     check_writable(default_run_root(argv))
+        else:  # a sweep's jobs compose their configs later, in this process: the option as given here
+            restart_with_passive_wait("trainer.omp_passive=true" in argv)
         _train_app()
     finally:
         if claimed is not None:

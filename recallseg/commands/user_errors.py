@@ -1,4 +1,5 @@
-"""How a command ends on a user's mistake: one line, ``error: <what>: <why>; <what to do>``, exit 2.
+"""How a command ends on a user's mistake: one line, ``error: <what>: <why>; <what to do>``, exit 2
+(a message that explains itself over several lines keeps them, indented below that one).
 
 Which errors print that way is decided once, by ``errors.as_user_error``: ``UserError``s, the OS
 conditions of the user's own files and disks, running out of memory. Each line also goes into
@@ -12,7 +13,7 @@ import sys
 import traceback
 from typing import Iterator
 
-from recallseg.errors import UserError, as_user_error, one_line
+from recallseg.errors import UserError, as_user_error, error_report, one_line
 from recallseg.runtime.versions import check_torch_pair
 from recallseg.training.log import write_to_run_log
 
@@ -46,8 +47,8 @@ def user_errors(log_to_run: bool = False) -> Iterator[None]:
             if log_to_run:
                 write_to_run_log("training failed:\n" + traceback.format_exc().rstrip())
             raise
-        line = f"error: {one_line(mapped)}"
-        print_error(line)
+        report = error_report(mapped)
+        print_error(report)
         if log_to_run and not isinstance(mapped, (Refused, RunRefused, RunDirectoryBusy)):
-            write_to_run_log(line)
+            write_to_run_log(report)
         raise SystemExit(2) from None

@@ -72,8 +72,8 @@ TRAINER = {
     "freeze_batchnorm": Option(bool),
     "nonfinite": Option(str, choices=("stop", "skip")),
     "stop_after": positive_int(null=True),
-    "deterministic": Option(bool),
-    "cuda_graph": Option(bool),
+    "deterministic": Option(bool), "cuda_graph": Option(bool),
+    "smoke": Option(bool), "omp_passive": Option(bool),
 }
 EVALUATION = {
     "batch_size": positive_int(null=True),

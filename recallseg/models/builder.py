@@ -9,7 +9,11 @@ device by ``runtime.normalize.Normalizer``) and are not passed on.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+import socket
+import threading
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from torch import nn
 
@@ -17,6 +21,11 @@ from recallseg.config.construct import build, resolved
 from recallseg.errors import UserError
 
 INPUT_KEYS = ("mean", "std", "channel_order")
+# Where the error about ImageNet weights that cannot be had sends the user.
+PRETRAINED_HELP = "docs/training.md#pretrained-encoders"
+# How long to wait for the Hugging Face hub to answer before reading its cache only: its client
+# retries a machine without network for 20-70 s.
+HUB_PROBE_SECONDS = 3.0
 
 
 def network_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -28,6 +37,48 @@ def without_downloads(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options with every weight download turned off (``*_weights`` and ``pretrained`` keys): for
     rebuilding a checkpoint's model, whose weights come from the checkpoint itself."""
     return {key: (None if key.endswith("weights") else False if key == "pretrained" else value) for key, value in options.items()}
+
+
+def downloads_weights(options: Mapping[str, Any]) -> bool:
+    """Whether building ``options`` fetches pretrained weights (a ``*_weights`` or ``pretrained`` option set)."""
+    return any(value for key, value in options.items() if key.endswith("weights") or key == "pretrained")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to the Hugging Face hub ($HF_ENDPOINT) opens within ``timeout`` seconds,
+    name lookup included (in a thread: a lookup cannot be given a timeout)."""
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    answered, opened = threading.Event(), []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                opened.append(True)
+        except OSError:
+            pass
+        finally:
+            answered.set()
+
+    threading.Thread(target=probe, daemon=True).start()
+    answered.wait(timeout)
+    return bool(opened)
+
+
+@contextlib.contextmanager
+def hub_cache_only() -> Iterator[None]:
+    """Hugging Face hub downloads read the local cache and never the network, as with HF_HUB_OFFLINE=1
+    (the client reads that variable once, at import, into ``constants.HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = offline
 
 
 def input_divisor(model: nn.Module) -> int | None:
@@ -47,8 +98,11 @@ def build_model(
     options = network_options(cfg)
     if offline:
         options = without_downloads(options)
+    # Without a hub to reach, weights come from the cache at once, or the build fails at once.
+    reachable = not downloads_weights(options) or hub_reachable()
     try:
-        return build(options, "model", kind=nn.Module, trusted=trusted, named_by_user=named_by_user, classes=num_classes)
+        with contextlib.nullcontext() if reachable else hub_cache_only():
+            return build(options, "model", kind=nn.Module, trusted=trusted, named_by_user=named_by_user, classes=num_classes)
     except UserError:
         raise
     except Exception as error:  # network and hub errors come in many types; all mean the same to the user
@@ -56,9 +110,11 @@ def build_model(
         if not weights:
             raise
         encoder = options.get("encoder_name")
+        why = "the Hugging Face hub cannot be reached and they are not in its cache" if not reachable else (
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        )
         raise UserError(
-            f"model.encoder_weights: could not load {weights!r} weights for encoder {encoder!r} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); this machine probably cannot reach the Hugging Face hub: "
-            "pre-download them where there is network access (see README, 'Pretrained encoders') and copy the Hugging Face "
-            "cache (~/.cache/huggingface or $HF_HOME) here with HF_HUB_OFFLINE=1, or train from scratch with model.encoder_weights=null"
+            f"model.encoder_weights: could not load {weights!r} weights for encoder {encoder!r} ({why}); pre-download them "
+            f"where there is network access and copy the Hugging Face cache here (see {PRETRAINED_HELP}), "
+            "or train from scratch with model.encoder_weights=null"
         ) from None

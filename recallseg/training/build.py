@@ -30,6 +30,7 @@ from recallseg.models import build_model
 from recallseg.models.builder import input_divisor
 from recallseg.training.cuda_graph import check_graph_support
 from recallseg.training.optim import build_optimizer, build_scheduler
+from recallseg.training.smoke import smoke_subset
 from recallseg.runtime.device import Runtime
 from recallseg.runtime.normalize import Normalizer
 from recallseg.runtime.random_state import rank_seed
@@ -92,6 +93,9 @@ def build_training(cfg: DictConfig, runtime: Runtime, trust: Trust = Trust()) ->
     train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, train=True, **trust.build)
     val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, train=False, transform=None, **trust.build)
     check_class_names(list(train_set.classes), list(val_set.classes), f"the {cfg.dataset.val_split} split")
+    if tcfg.get("smoke"):  # file datasets: their first samples (training.smoke)
+        for change in smoke_subset(train_set, "train") + smoke_subset(val_set, "val"):
+            log.info("smoke run: %s", change)
     classes = list(train_set.classes)
 
     model = build_model(cfg.model, len(classes), **trust.build, offline=not trust.trusted).to(device)

@@ -3,8 +3,8 @@
 The step never synchronises with the host: each step's loss (and whether it was finite) is
 added to device tensors, which are read once per ``trainer.log_interval`` steps. There the
 non-finite policy is applied and the window is logged: the log line, the progress bar and
-TensorBoard, including every per-class value the loss reports (``extra_logs``), as scalars and
-as a class x iteration heatmap, the same way for any loss.
+TensorBoard, including every per-class value the loss reports (``extra_logs``), as scalars and,
+at each validation, as a class x iteration heatmap, the same way for any loss.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from recallseg.training.optim import current_lr
+from recallseg.training.tensorboard_images import per_class_heatmap
 from recallseg.errors import NonFiniteError
 
 log = logging.getLogger("recallseg")
@@ -40,20 +41,19 @@ class PerClassHistory:
     def __init__(self, class_names: Sequence[str], max_columns: int = 512):
         self.class_names = list(class_names)
         self.columns: list[np.ndarray] = []
+        self.iterations: list[int] = []
         self.max_columns = max_columns
 
-    def append(self, values: torch.Tensor) -> None:
+    def append(self, values: torch.Tensor, iteration: int) -> None:
         self.columns.append(values.detach().float().cpu().numpy())
+        self.iterations.append(iteration)
         if len(self.columns) > self.max_columns:  # keep the picture bounded: drop every other old column
-            self.columns = self.columns[::2]
+            self.columns, self.iterations = self.columns[::2], self.iterations[::2]
 
-    def image(self, cell: int = 8) -> np.ndarray:
-        """HWC uint8 heatmap, rows = classes, columns = logged iterations, viridis colours for [0, 1]."""
-        from matplotlib import colormaps
-
+    def image(self, title: str) -> np.ndarray:
+        """HWC uint8 heatmap, a named row per class, a column per logged iteration, viridis colours for [0, 1]."""
         values = np.clip(np.nan_to_num(np.stack(self.columns, axis=1), nan=0.0), 0.0, 1.0)
-        rgb = (colormaps["viridis"](values)[..., :3] * 255).astype(np.uint8)
-        return np.repeat(np.repeat(rgb, cell, axis=0), max(1, cell // 2), axis=1)
+        return per_class_heatmap(values, self.class_names, self.iterations, title)
 
 
 class TrainingWindow:
@@ -118,11 +118,16 @@ class TrainingLogger:
             values = values.detach().float().cpu()
             for class_name, value in zip(self.classes, values.tolist()):
                 self.writer.add_scalar(f"train/{name}/{class_name}", value, iteration)
-            history = self.histories.setdefault(name, PerClassHistory(self.classes))
-            history.append(values)
-            self.writer.add_image(f"train/{name}_heatmap", history.image(), iteration, dataformats="HWC")
+            self.histories.setdefault(name, PerClassHistory(self.classes)).append(values, iteration)
         log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f it/s", iteration, self.max_iters, mean_loss, lr, speed)
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+
+
+    def log_heatmaps(self, iteration: int) -> None:
+        """Each per-class history as a heatmap image; drawn at validations (a figure takes ~0.1 s), not every log line."""
+        for name, history in self.histories.items():
+            image = history.image(f"{name} per class, up to iteration {iteration}")
+            self.writer.add_image(f"train/{name}_heatmap", image, iteration, dataformats="HWC")
 
 
 def console_loggers() -> list[logging.Logger]:

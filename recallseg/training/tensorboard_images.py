@@ -49,11 +49,37 @@ def precision_recall_chart(metrics: dict, classes: Sequence[str], title: str = "
     axis.set_ylabel("percent")
     axis.set_title(title or "per-class precision and recall (validation)")
     axis.legend(loc="upper right", fontsize=8)
+    return figure_pixels(fig)
+
+
+def figure_pixels(fig) -> np.ndarray:
+    """A matplotlib figure as HxWx3 uint8 pixels (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.canvas.draw()
-    chart = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
     plt.close(fig)
-    return chart
+    return pixels
+
+
+def per_class_heatmap(values: np.ndarray, classes: Sequence[str], iterations: Sequence[int], title: str) -> np.ndarray:
+    """``values`` ``[classes, columns]`` in [0, 1] as an HxWx3 uint8 heatmap: a row per class, named on
+    the y axis; a column per logged iteration, numbered on the x axis; a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(8.0, 1.6 + 0.28 * len(classes)), dpi=100)
+    shown = axis.imshow(values, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0, vmax=1.0)
+    axis.set_yticks(np.arange(len(classes)), list(classes), fontsize=8)
+    ticks = np.unique(np.linspace(0, len(iterations) - 1, min(len(iterations), 8)).round().astype(int))
+    axis.set_xticks(ticks, [str(iterations[i]) for i in ticks], fontsize=8)  # columns may be unevenly spaced
+    axis.set_xlabel("iteration")
+    axis.set_title(title, fontsize=10)
+    fig.colorbar(shown, ax=axis, fraction=0.04, pad=0.02)
+    return figure_pixels(fig)
 
 
 class ValidationPictures:

@@ -255,6 +255,8 @@ class Trainer(CheckpointPolicy, RunEnd):
         if self.runtime.is_main:
             log_metrics(self.writer, metrics, self.iteration)
             self.pictures.log(self.writer, trainer_predictor(self.model, self.normalizer, self.runtime, self.inference), self.iteration, metrics)
+            if self.logger is not None:  # fit() made it (a validation outside fit() draws no history)
+                self.logger.log_heatmaps(self.iteration)
             log.info(
                 "val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f  mPrecision %.4f",
                 self.iteration, metrics["mIoU"], metrics["mAcc"], metrics["aAcc"], metrics["mPrecision"],

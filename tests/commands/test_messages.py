@@ -108,3 +108,35 @@ def test_the_users_situation_is_told_from_a_bug_in_one_place():
     # Not the user's: a bug keeps its traceback.
     assert as_user_error(PermissionError(errno.EPERM, "Operation not permitted")) is None  # os.kill of another user's process
     assert as_user_error(ValueError("a bug")) is None and as_user_error(RuntimeError("CUDA error: an illegal memory access")) is None
+
+
+def test_a_message_of_several_lines_keeps_them_indented_below_its_error_line(tmp_path, capsys):
+    from recallseg.commands.user_errors import user_errors
+    from recallseg.data.folder import FolderDataset
+
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    with pytest.raises(SystemExit) as ended:
+        with user_errors():
+            FolderDataset(tmp_path, "train")
+    assert ended.value.code == 2
+    lines = capsys.readouterr().err.rstrip("\n").split("\n")
+    assert lines[0] == f"error: classes file not found: {tmp_path / 'classes.yaml'}"
+    assert lines[1:] == [
+        "  it names the classes, e.g.",
+        "    classes: [background, road, car]",
+        "    palette: [[0, 0, 0], [128, 64, 128], [0, 0, 142]]  # optional",
+    ]
+
+
+def test_a_worker_error_of_several_lines_is_unwrapped_with_its_lines():
+    from recallseg.data import DatasetError
+    from recallseg.errors import error_report
+
+    wrapped = DatasetError(
+        "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in load\n    raise DatasetError("...")\n'
+        "recallseg.errors.DatasetError: FolderDataset: 1 image(s) without a label:\n  images/a.png (expected label masks/a.png)\n"
+    )
+    assert error_report(wrapped) == "error: FolderDataset: 1 image(s) without a label:\n    images/a.png (expected label masks/a.png)"
+    assert error_report(DatasetError("images/a.png:   cannot decode\n")) == "error: images/a.png: cannot decode"
+    assert error_report(DatasetError("a: b\n\nexpected: \n  x/\n")) == "error: a: b\n  expected:\n    x/"  # no blank or trailing space
