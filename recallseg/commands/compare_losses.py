@@ -9,7 +9,8 @@
 
 Every loss runs with the same seeds, iterations and data (anything after `--` is passed to
 training for all runs, Hydra launcher options included). The tables list the losses in the
-order given. With `--split test` every run's best.pt, picked on the validation split, is scored
+order given. The same command again (same `--out`) finishes a sweep cut short: finished runs
+are only validated again, interrupted ones continue from their last.pt. With `--split test` every run's best.pt, picked on the validation split, is scored
 on the test split (into `<run>/eval_test/`), so the tables carry no selection bias; without it
 they show each run's last validation. Writes, into the sweep directory: `comparison.md` (means
 over seeds, with the standard deviation when there are several, and the code, versions and
@@ -32,11 +33,14 @@ from recallseg.commands.comparison_report import summarize
 def sweep_command(losses: list[str], seeds: list[str], sweep_dir: Path, overrides: list[str], launcher: str | None = None) -> list[str]:
     """The training multirun: every loss with every seed, on ``launcher`` (Hydra's basic one when None).
 
-    Seeds are the outer loop, so a sweep cut short has every loss at its first seeds."""
+    Seeds are the outer loop, so a sweep cut short has every loss at its first seeds. Every run
+    has ``resume=auto``: the same command again finishes such a sweep, continuing interrupted runs
+    from their last.pt and only validating finished ones again."""
+    continues = [] if any(o.lstrip("+").startswith("resume=") for o in overrides) else ["resume=auto"]
     return [
         sys.executable, "-m", "recallseg.commands.train", "-m", f"seed={','.join(seeds)}", f"loss={','.join(losses)}",
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra:runtime.choices.loss}_seed${seed}",
-        *([f"hydra/launcher={launcher}"] if launcher else []), *overrides,
+        *([f"hydra/launcher={launcher}"] if launcher else []), *continues, *overrides,
     ]  # fmt: skip
 
 

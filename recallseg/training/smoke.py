@@ -30,7 +30,9 @@ SAMPLES = {"train": 8, "val": 2}  # file datasets: the first samples of each spl
 def check_smoke(config: Any) -> None:
     """Refuse a smoke run that would continue a run (its shrunken settings are not the run's)."""
     if config["trainer"].get("smoke") and config.get("resume") is not None:
-        raise ConfigError("trainer.smoke", "a smoke run starts fresh and cannot resume a run", "leave out resume=..., or trainer.smoke=true")
+        raise ConfigError(
+            "trainer.smoke", "a smoke run is never continued, nor continues a run (resume is set)", "start a new run: leave out resume=..., or trainer.smoke=true"
+        )  # fmt: skip
 
 
 def smoke_config(config: DictConfig) -> tuple[DictConfig, list[str]]:

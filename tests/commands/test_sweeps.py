@@ -31,6 +31,9 @@ def test_the_comparison_keeps_the_order_given(tmp_path):
     assert compare_losses.swept_losses(tmp_path) == ["recall", "ce"]
     command = compare_losses.sweep_command(["recall", "ce"], ["0"], tmp_path, ["trainer.max_iters=2"], "joblib")
     assert "loss=recall,ce" in command and "hydra/launcher=joblib" in command and command[-1] == "trainer.max_iters=2"
+    assert command.index("seed=0") < command.index("loss=recall,ce")  # seeds outer: a sweep cut short has every loss
+    assert "resume=auto" in command  # the same command finishes a sweep cut short
+    assert "resume=auto" not in compare_losses.sweep_command(["ce"], ["0"], tmp_path, ["resume=null"])
 
 
 @pytest.mark.slow
@@ -49,6 +52,10 @@ def test_compare_losses_runs_two_jobs_in_parallel_on_joblib(tmp_path, monkeypatc
         assert rows[loss]["split"] == "test" and float(rows[loss]["mIoU"]) == scores["mIoU"]
     table = (sweep / "comparison.md").read_text()
     assert "scored on the test split" in table
+    # The same command again trains nothing: finished runs are only validated again.
+    written = {p: p.stat().st_mtime_ns for p in sweep.glob("*/checkpoints/*.pt")}
+    compare_losses.main(["--losses", "recall,ce", "--launcher", "joblib", "--out", str(sweep), "--", *TINY_OVERRIDES, *WORKERS, "hydra.launcher.n_jobs=2"])
+    assert len(written) == 4 and {p: p.stat().st_mtime_ns for p in sweep.glob("*/checkpoints/*.pt")} == written
     assert table.index("| recall |") < table.index("| ce |")  # the order given, not alphabetical
     assert (sweep / "comparison.png").is_file()
     assert "Joblib" in (sweep / "multirun.yaml").read_text()

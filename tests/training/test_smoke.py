@@ -65,8 +65,14 @@ def test_a_smoke_run_trains_a_few_iterations_validates_once_saves_and_is_not_res
     capsys.readouterr()
     with pytest.raises(SystemExit) as ended:
         run_training(composed("resume=auto", "trainer.device=cpu", "model.encoder_weights=null", *SMALL_MODEL, f"output_dir={run_dir}"))
+    assert ended.value.code == 2 and "error: trainer.smoke: a smoke run is never continued" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ended:  # nor by typing the setting away
+        run_training(
+            composed("resume=auto", "trainer.smoke=false", "trainer.device=cpu", "model.encoder_weights=null", *SMALL_MODEL, f"output_dir={run_dir}"),
+            typed=["trainer.smoke=false"],
+        )
     assert ended.value.code == 2 and "trainer.smoke true (a smoke run's checkpoint" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="a smoke run starts fresh"):
+    with pytest.raises(ConfigError, match="a smoke run is never continued"):
         smoke_config(validated("trainer.smoke=true", "resume=auto"))
 
 
