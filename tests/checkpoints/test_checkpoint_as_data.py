@@ -86,6 +86,7 @@ def test_the_user_may_name_their_own_class_for_this_run(planted, tmp_path):
     assert planted.read_text() == "called"
 
 
+@pytest.mark.slow
 def test_stored_weights_are_never_downloaded(tmp_path, monkeypatch):
     from recallseg.models import builder
 

@@ -46,6 +46,7 @@ def test_a_new_learning_rate_applies_and_is_logged(run_dir, caplog):
     assert "trainer.max_iters changed from 2 to 4; the new value applies" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_new_batch_size_applies_to_the_resumed_training_and_is_logged(run_dir, tmp_path, caplog):
     shutil.copytree(run_dir, tmp_path / "run")  # fit() writes: leave the shared run as it is
     run = trainer(tmp_path / "run", "resume=auto", "trainer.batch_size=4", "trainer.max_iters=4", "trainer.stop_after=1")  # no validation

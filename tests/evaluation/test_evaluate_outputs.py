@@ -66,6 +66,7 @@ def test_report_files_and_inference_settings(synthetic_checkpoint, tmp_path):
     assert cv2.imread(str(overlays[0])).shape == (64, 96, 3)
 
 
+@pytest.mark.slow
 def test_whole_and_slide_agree_when_one_window_covers_the_image(synthetic_checkpoint, tmp_path):
     common = [f"checkpoint={synthetic_checkpoint}", "predictions.save=true", "predictions.format=index"]
     whole = evaluate_in_process(tmp_path / "whole", *common)

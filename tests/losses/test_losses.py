@@ -612,6 +612,7 @@ def _recall_sync_worker(rank: int, world_size: int, init_file: str, out_dir: str
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sync_weights_come_from_the_counts_of_every_rank(tmp_path):
     """Two gloo processes: each rank's weights are FN_c / N_c over both ranks' pixels, while the
     mean runs over the rank's own pixels (DDP then averages the gradients)."""

@@ -1,5 +1,7 @@
 """Every loss treats a label outside the classes as F.cross_entropy does, and returns float32."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -10,7 +12,9 @@ C = 4
 
 
 def loss(name):
-    context = LossContext(C, class_pixel_counts=lambda: torch.tensor([10, 20, 30, 40]))
+    # Pixel counts of the training split and, per class, the labelled pixels of its images holding it.
+    statistics = SimpleNamespace(pixel_counts=torch.tensor([10, 20, 30, 40]), image_pixels=torch.tensor([90, 90, 60, 40]))
+    context = LossContext(C, class_statistics=lambda: statistics)
     return build_loss(name, context, **({"weights": [1.0] * C} if name == "weighted_ce" else {}))
 
 

@@ -155,6 +155,7 @@ def test_two_gloo_ranks_match_one_rank_on_the_global_batch(tmp_path):
         assert run["end"]["images_per_second"] == pytest.approx(4 * run["end"]["iterations_per_second"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_skipping_keeps_the_scaler_at_one_so_later_steps_are_exact(tmp_path):
     """Skipped steps must not shrink the loss scale (after ~140 halvings updates would turn inf)."""
     from hydra import compose, initialize_config_dir

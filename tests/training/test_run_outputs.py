@@ -98,6 +98,7 @@ def test_best_pt_is_evaluated_predicted_and_exported(run, tmp_path):
     assert export.main([f"checkpoint={best}", f"output={tmp_path / 'm.onnx'}", "raw_input=true"]) == 0
 
 
+@pytest.mark.slow
 def test_the_table_that_ends_a_run_is_also_in_train_log(tmp_path, capsys):
     """The per-class table goes to the console and to the run's log file (the run's record)."""
     import logging
