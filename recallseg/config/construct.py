@@ -244,6 +244,15 @@ def check_options(
         raise ConfigError(f"{key}.{missing[0]}", f"is missing; {target} has no default for it", f"add {key}.{missing[0]}=<value>")
 
 
+def check_untrusted_section(section: Any, key: str, named_by_user: set[str], kind_at: Callable[[str], Any]) -> None:
+    """A stored section's targets: checked as text before anything is imported, then each one
+    (but those the user named) imported and held to the kind ``kind_at(its key)`` asks for."""
+    check_untrusted_text(section, key, named_by_user)
+    for path, target in targets(section, key):
+        if target not in named_by_user:
+            check_trusted_object(locate(target, path), target, path, kind_at(path))
+
+
 def build(
     section: Any, key: str, *, kind: type | tuple[type, ...] | None = None, trusted: bool = True,
     named_by_user: set[str] = frozenset(), **supplied: Any,
@@ -259,11 +268,8 @@ def build(
         raise ConfigError(key, f"must be a mapping with a _target_ naming what to build, got {section!r}")
     if not trusted:  # checked as it will be called: this tree is what the constructors get
         check_no_call_keys(section, key)
-        check_untrusted_text(section, key, named_by_user)
-    for path, target in targets(section, key):
-        if not trusted and target not in named_by_user:
-            # ``kind`` applies to the section itself; nested targets must be transforms
-            check_trusted_object(locate(target, path), target, path, kind if path == f"{key}._target_" else transform_kinds())
+        # ``kind`` applies to the section itself; nested targets must be transforms
+        check_untrusted_section(section, key, named_by_user, lambda path: kind if path == f"{key}._target_" else transform_kinds())
     obj = locate(section["_target_"], f"{key}._target_")
     options = {k: v for k, v in section.items() if k != "_target_"}
     check_options(obj, options, key, section["_target_"], set(supplied))

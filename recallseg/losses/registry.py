@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from recallseg.config.files import config_dir, group_options
-from recallseg.config.construct import Trust, check_options, check_trusted_object, check_untrusted_text, locate, raised_in_recallseg, resolved, targets
+from recallseg.config.construct import Trust, check_options, check_trusted_object, check_untrusted_section, check_untrusted_text, locate, raised_in_recallseg, resolved
 from recallseg.config.schema import Option, check_value
 from recallseg.errors import ConfigError, UserError, nearest
 from recallseg.losses.functional import checked_inputs
@@ -258,11 +258,8 @@ def build_loss(spec: str | Mapping[str, Any], context: LossContext, where: str =
     if "_target_" not in section and "name" in section:
         section = {**loss_config(str(section.pop("name"))), **section}
     section.update({key: resolved(value) for key, value in options.items()})
-    if not trust.trusted:
-        check_untrusted_text(section, where, trust.named_by_user)
-        for path, target in targets(section, where):
-            if target not in trust.named_by_user:
-                check_trusted_object(locate(target, path), target, path, SegmentationLoss)
+    if not trust.trusted:  # a combined loss's terms included: every target a loss class
+        check_untrusted_section(section, where, trust.named_by_user, lambda path: SegmentationLoss)
     cls = check_loss_options(section, where, context.num_classes)
     rest = {k: v for k, v in section.items() if k != "_target_"}
     try:
