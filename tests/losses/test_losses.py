@@ -107,15 +107,35 @@ def recall_counts(logits, target, soft=False):
     return totals, misses
 
 
-def recall_from_counts(logits, target, totals, misses):
-    weights = [misses[c] / totals[c] if totals[c] > 0 else 0.0 for c in range(C)]
+def false_positive_counts(logits, target, soft=False):
+    """FP_c list: a missed pixel counts for its first largest logit's class; soft: every other
+    class's pixel counts for c with its probability of c."""
+    log_probs, labels, _ = pixels(logits.detach(), target)
+    x = logits.detach().double().permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+    false_positives = [0.0] * C
+    for i, y in enumerate(labels):
+        if y == IGNORE:
+            continue
+        if soft:
+            for c in range(C):
+                false_positives[c] += math.exp(log_probs[i, c].item()) if c != y else 0.0
+        elif not all(x[i, y] >= x[i, c] for c in range(C)):
+            false_positives[max(range(C), key=lambda c: (x[i, c].item(), -c))] += 1.0
+    return false_positives
+
+
+def recall_from_counts(logits, target, totals, misses, false_positives=None):
+    """``false_positives`` given: the union denominator, ``FN_c / (N_c + FP_c)``."""
+    extra = false_positives or [0.0] * C
+    weights = [misses[c] / (totals[c] + extra[c]) if totals[c] > 0 else 0.0 for c in range(C)]
     log_probs, labels, _ = pixels(logits, target)
     terms = [weights[y] * -log_probs[i, y] for i, y in enumerate(labels) if y != IGNORE]
     return mean_or_zero(terms, logits)
 
 
-def recall_oracle(logits, target, soft=False):
-    return recall_from_counts(logits, target, *recall_counts(logits, target, soft))
+def recall_oracle(logits, target, soft=False, union=False):
+    false_positives = false_positive_counts(logits, target, soft) if union else None
+    return recall_from_counts(logits, target, *recall_counts(logits, target, soft), false_positives)
 
 
 def focal_oracle(logits, target, gamma, alpha=None):
@@ -212,6 +232,8 @@ CASES = [
     ),
     ("recall", {"name": "recall"}, recall_oracle),
     ("recall_soft", {"name": "recall", "soft": True}, lambda x, t: recall_oracle(x, t, soft=True)),
+    ("recall_union", {"name": "recall", "denominator": "union"}, lambda x, t: recall_oracle(x, t, union=True)),
+    ("recall_soft_union", {"name": "recall", "soft": True, "denominator": "union"}, lambda x, t: recall_oracle(x, t, True, True)),
     ("recall_ema_first_step", {"name": "recall", "statistics": "ema", "momentum": 0.7}, recall_oracle),
     ("recall_sync", {"name": "recall", "sync": True}, recall_oracle),
     ("focal", {"name": "focal", "gamma": 2.0}, lambda x, t: focal_oracle(x, t, 2.0)),
@@ -705,6 +727,12 @@ def test_build_loss_rejects_unknown_weighted_ce_option():
             "loss.label_smoothing: got 0.1, but loss.kernel=triton does not implement label smoothing; "
             "set loss.label_smoothing=0, or loss.kernel=torch or auto",
         ),
+        (
+            {"name": "recall", "kernel": "triton", "denominator": "union"},
+            "loss.denominator: got union, but loss.kernel=triton counts no false positives; "
+            "set loss.denominator=class, or loss.kernel=torch or auto",
+        ),
+        ({"name": "recall", "denominator": "iou"}, "loss.denominator: got 'iou'; it must be one of class, union; did you mean loss.denominator=union?"),
         ({"name": "ce", "label_smoothing": 1.5}, "loss.label_smoothing: got 1.5; it must be a number in [0, 1]; set e.g. loss.label_smoothing=1"),
         ({"name": "focal", "gamma": -1.0}, "loss.gamma: got -1.0; it must be a number >= 0; set e.g. loss.gamma=1"),
         ({"name": "focal", "alpha": [1.0, 2.0]}, "loss.alpha: got 2 values [1.0, 2.0]; it must be a list of 4 floats >= 0, or null; give 4 values"),
@@ -924,6 +952,8 @@ def test_loss_runs_without_host_device_sync_on_cuda(case_id, cfg, oracle):
         ("recall_ema", "recall", {"statistics": "ema", "momentum": 0.9}),
         ("recall_ema_slow", "recall", {"statistics": "ema", "momentum": 0.99}),
         ("recall_soft", "recall", {"soft": True, "statistics": "batch"}),
+        ("recall_union", "recall", {"denominator": "union", "statistics": "batch"}),
+        ("recall_ema_slow_union", "recall", {"denominator": "union", "statistics": "ema", "momentum": 0.99}),
         ("weighted_ce_frequency", "weighted_ce", {"mode": "median_frequency"}),
     ],
 )
