@@ -12,7 +12,7 @@ its signature.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf

@@ -17,7 +17,7 @@ from conftest import CONFIG_DIR, TINY_OVERRIDES, run_entry_point
 from model_checkpoints import write_checkpoint
 from recallseg.data.synthetic import CLASSES
 from recallseg.checkpoints import format as checkpoint_module
-from recallseg.checkpoints.format import CheckpointError, CheckpointSpaceError, load_checkpoint, save_checkpoint
+from recallseg.checkpoints.format import CheckpointSpaceError, load_checkpoint, save_checkpoint
 from recallseg.checkpoints.resume import RunRefused, best_score_held, newest_resumable, reconciled_best_score
 
 RUN = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_iters", "trainer.val_interval"))]

@@ -73,8 +73,6 @@ def test_what_cannot_continue_is_refused_naming_the_key(run_dir, override, named
 
 
 def test_a_weight_that_is_not_finite_is_never_saved(tmp_path):
-    import torch
-
     run = trainer(tmp_path / "fresh")
     name, tensor = next((k, v) for k, v in run.model.state_dict().items() if v.is_floating_point())
     tensor.view(-1)[0] = float("nan")

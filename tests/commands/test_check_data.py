@@ -7,13 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES
 from dataset_trees import make_folder, random_image, write_array, write_rgb
 from recallseg.commands import check_data
 from recallseg.commands.train import run_training
-from recallseg.config.schema import validate_train_config
 from recallseg.training.trainer import Trainer
 
 SMALL_MODEL = ["model.arch=Unet", "model.encoder_name=mobilenet_v2", "~model.encoder_output_stride", "+model.encoder_depth=3", "+model.decoder_channels=[16,8,8]"]

@@ -1,11 +1,9 @@
 """Every YAML in configs/ composes, and what it describes can be built."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES

@@ -45,7 +45,7 @@ def test_the_options_follow_the_chosen_group():
     text = options_help(str(CONFIG_DIR), "train", {"loss": "focal", "trainer": "default", "hydra/help": "recallseg"})
     assert "loss/focal.yaml: Focal loss" in text and "loss.gamma=2.0" in text and "loss.statistics" not in text
     amp = next(line for line in (CONFIG_DIR / "trainer" / "default.yaml").read_text().splitlines() if line.startswith("amp:"))
-    assert f"trainer.amp=auto" in text and amp.split("# ", 1)[1] in text  # the file's own words
+    assert "trainer.amp=auto" in text and amp.split("# ", 1)[1] in text  # the file's own words
 
 
 @pytest.mark.parametrize("script, expected", [

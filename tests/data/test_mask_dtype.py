@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset_trees import make_folder, random_image, random_labels, write_array, write_rgb
+from dataset_trees import random_image, random_labels, write_array, write_rgb
 from recallseg.pipeline import CachedDataset
 from recallseg.data import FolderDataset, SegmentationDataset, SyntheticStreets
 from recallseg.pipeline.loaders import train_loader

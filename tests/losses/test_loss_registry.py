@@ -1,7 +1,6 @@
 """The loss registry: names from configs/loss, losses registered from Python, losses of another package."""
 
 import inspect
-import sys
 import textwrap
 
 import pytest

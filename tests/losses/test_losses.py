@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from recallseg.errors import ConfigError
-from recallseg.losses import LOSSES, FocalLoss, LossContext, SegmentationLoss, available_losses, build_loss, register_loss
+from recallseg.losses import LOSSES, FocalLoss, LossContext, SegmentationLoss, build_loss, register_loss
 from recallseg.losses.class_weights import class_weights_from_counts
 from recallseg.losses.functional import class_totals_and_flagged, target_is_top1, target_is_top1_from_log_probs
 from recallseg.losses.fused.statistics import triton_available

@@ -1,9 +1,7 @@
 """Building blocks of the trainer: schedule, data stream, normalisation, checkpoints, model errors."""
 
 import itertools
-import pickle
 
-import numpy as np
 import pytest
 import torch
 
