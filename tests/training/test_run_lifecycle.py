@@ -200,6 +200,22 @@ def test_an_os_error_naming_no_file_from_a_full_disk_is_one_line(tmp_path, monke
     assert code == 2 and line.startswith("error: No space left on device; free space") and "stopped at iteration 1, last.pt saved" in line, line
 
 
+def test_a_message_that_explains_itself_over_lines_keeps_them_below_the_place_kept(tmp_path, monkeypatch, capsys):
+    from recallseg.errors import DatasetError
+
+    def layout(run):
+        raise DatasetError("dataset.root: no image folder found\nexpected:\n  images/train/*.png")
+
+    monkeypatch.setattr(Trainer, "step", at_iteration(2, layout))
+    with pytest.raises(SystemExit) as ended:
+        with user_errors():
+            trainer(tmp_path / "run", "trainer.max_iters=4", "trainer.val_interval=100").fit()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()][-3:]
+    assert ended.value.code == 2
+    assert lines[0].startswith("error: dataset.root: no image folder found; stopped at iteration 1, last.pt saved"), lines
+    assert lines[1:] == ["  expected:", "    images/train/*.png"]
+
+
 def test_a_bug_keeps_its_traceback_and_last_pt_is_saved_before_it(tmp_path, monkeypatch, caplog):
     def bug(run):
         raise ZeroDivisionError("a bug in a user's loss")
