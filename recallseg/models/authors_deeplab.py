@@ -37,6 +37,7 @@ model stops with one line saying how to provide it.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -48,6 +49,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from recallseg.errors import ConfigError, UserError
+from recallseg.runtime.network import reachable
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +120,19 @@ register_encoder()
 
 def torchvision_resnet18_state() -> dict[str, torch.Tensor]:
     """torchvision's ImageNet ResNet-18 tensors, from torch's hub cache or downloaded once; a UserError offline."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_RESNET18_URL.rsplit("/", 1)[1]
+    fix = (
+        f"download {TORCHVISION_RESNET18_URL} where there is network access and put it at {target} "
+        "(or set TORCH_HOME), or train from scratch with model.encoder_weights=null"
+    )
+    # torch's download has no deadline: ask the server first, so that a machine without network fails at once.
+    if not target.exists() and not reachable(TORCHVISION_RESNET18_URL):
+        raise UserError(f"model.encoder_weights: torchvision's ImageNet ResNet-18 is not in torch's hub cache and its server cannot be reached; {fix}")
     try:
         return torch.hub.load_state_dict_from_url(TORCHVISION_RESNET18_URL, map_location="cpu", progress=False, check_hash=False, weights_only=True)
     except Exception as error:  # URLError, socket errors, HTTP errors, a truncated file: all mean the same here
-        target = f"{torch.hub.get_dir()}/checkpoints/{TORCHVISION_RESNET18_URL.rsplit('/', 1)[1]}"
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(
-            f"model.encoder_weights: could not get torchvision's ImageNet ResNet-18 ({type(error).__name__}: {reason}); "
-            f"download {TORCHVISION_RESNET18_URL} where there is network access and put it at {target} "
-            "(or set TORCH_HOME), or train from scratch with model.encoder_weights=null"
-        ) from None
+        raise UserError(f"model.encoder_weights: could not get torchvision's ImageNet ResNet-18 ({type(error).__name__}: {reason}); {fix}") from None
 
 
 def transplant_matching(module: nn.Module, source: dict[str, torch.Tensor]) -> list[str]:

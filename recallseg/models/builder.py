@@ -10,22 +10,17 @@ device by ``runtime.normalize.Normalizer``) and are not passed on.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 from typing import Any, Iterator, Mapping
-from urllib.parse import urlsplit
 
 from torch import nn
 
 from recallseg.config.construct import build, resolved
 from recallseg.errors import UserError
+from recallseg.runtime.network import PROBE_SECONDS, reachable
 
 INPUT_KEYS = ("mean", "std", "channel_order")
 # Where the error about ImageNet weights that cannot be had sends the user.
 PRETRAINED_HELP = "docs/training.md#pretrained-encoders"
-# How long to wait for the Hugging Face hub to answer before reading its cache only: its client
-# retries a machine without network for 20-70 s.
-HUB_PROBE_SECONDS = 3.0
 
 
 def network_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,27 +39,11 @@ def downloads_weights(options: Mapping[str, Any]) -> bool:
     return any(value for key, value in options.items() if key.endswith("weights") or key == "pretrained")
 
 
-def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """Whether a TCP connection to the Hugging Face hub ($HF_ENDPOINT) opens within ``timeout`` seconds,
-    name lookup included (in a thread: a lookup cannot be given a timeout)."""
+def hub_reachable(timeout: float = PROBE_SECONDS) -> bool:
+    """Whether the Hugging Face hub ($HF_ENDPOINT) answers within ``timeout`` seconds."""
     from huggingface_hub import constants
 
-    url = urlsplit(constants.ENDPOINT)
-    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
-    answered, opened = threading.Event(), []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(address, timeout=timeout):
-                opened.append(True)
-        except OSError:
-            pass
-        finally:
-            answered.set()
-
-    threading.Thread(target=probe, daemon=True).start()
-    answered.wait(timeout)
-    return bool(opened)
+    return reachable(constants.ENDPOINT, timeout)
 
 
 @contextlib.contextmanager

@@ -253,6 +253,22 @@ def test_partial_imagenet_transplant_offline_is_one_clear_line(tmp_path, monkeyp
     assert "model.encoder_weights=null" in message and str(tmp_path / "empty") in message
 
 
+def test_imagenet_weights_behind_a_network_that_never_answers_fail_within_the_probe(tmp_path, monkeypatch):
+    """A firewall that drops packets: torch's download would wait about 2 minutes; each probe (the Hugging
+    Face hub's, then torchvision's server) gives up after 3 s."""
+    import time
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(30))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *args, **kwargs: pytest.fail("downloaded without an answering server"))
+    cfg = {**composed("model=deeplab_authors")["model"], "encoder_weights": "torchvision_resnet18"}
+    started = time.monotonic()
+    with pytest.raises(UserError, match="not in torch's hub cache and its server cannot be reached"):
+        build_model(cfg, 19)
+    assert time.monotonic() - started < 20
+
+
 # ------------------------------------------------------------------ the paper code's Synthia split
 
 
