@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from recallseg.commands.comparison_report import summarize
+from recallseg.runtime.signals import EXIT_CODES, run_as_group
 
 def sweep_command(losses: list[str], seeds: list[str], sweep_dir: Path, overrides: list[str], launcher: str | None = None) -> list[str]:
     """The training multirun: every loss with every seed, on ``launcher`` (Hydra's basic one when None).
@@ -47,9 +48,16 @@ def sweep_command(losses: list[str], seeds: list[str], sweep_dir: Path, override
 def run_sweep(losses: list[str], seeds: list[str], sweep_dir: Path, overrides: list[str], launcher: str | None = None) -> None:
     command = sweep_command(losses, seeds, sweep_dir, overrides, launcher)
     print("running:", " ".join(command), flush=True)
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise SystemExit(f"error: the sweep failed (exit status {result.returncode}); see the runs' train.log under {sweep_dir}")
+    status, stopped_by = run_as_group(command)
+    if stopped_by is not None:
+        print(
+            f"stopped by {signal.Signals(stopped_by).name}: the runs under {sweep_dir} saved their last.pt; "
+            f"the same command with --out {sweep_dir} continues the sweep",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_CODES.get(stopped_by, 128 + stopped_by))
+    if status != 0:
+        raise SystemExit(f"error: the sweep failed (exit status {status}); see the runs' train.log under {sweep_dir}")
 
 
 def swept_losses(sweep_dir: Path) -> list[str]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import time
 from typing import Iterable, Iterator
 
 import torch
@@ -132,3 +134,44 @@ class Interruptible:
         for _ in range(self.polls - done):
             if self.agreement.poll():
                 raise StopRequested
+
+
+def run_as_group(command: list[str], grace: float = 25.0) -> tuple[int, int | None]:
+    """Run ``command`` in a process group of its own and pass SIGTERM/SIGINT on to the whole group.
+
+    A sweep's runs are grandchildren (Hydra's joblib workers): a signal sent to this process alone
+    (``kill <pid>``) would leave them training. Here every process of the sweep gets it, so each
+    run saves its ``last.pt``; after the command ends, this waits up to ``grace`` seconds for
+    the group's last processes (less than a scheduler's 30 s before SIGKILL). Returns the
+    command's exit status and the signal received (None if none).
+    """
+    process = subprocess.Popen(command, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:  # the group is gone already
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in EXIT_CODES}
+    try:
+        status = process.wait()
+        deadline = time.monotonic() + grace
+        while received and time.monotonic() < deadline and _group_alive(process.pid):
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status, (received[0] if received else None)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member that changed user: still there
+        return True
+    return True

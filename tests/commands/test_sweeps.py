@@ -2,6 +2,11 @@
 local stand-in) and the loss comparison on top of them."""
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -34,6 +39,43 @@ def test_the_comparison_keeps_the_order_given(tmp_path):
     assert command.index("seed=0") < command.index("loss=recall,ce")  # seeds outer: a sweep cut short has every loss
     assert "resume=auto" in command  # the same command finishes a sweep cut short
     assert "resume=auto" not in compare_losses.sweep_command(["ce"], ["0"], tmp_path, ["resume=null"])
+
+
+# A sweep as a process tree: the launcher (dies at SIGTERM) and its pool worker, a grandchild of
+# recallseg-compare, which takes half a second to save when signalled, as a run saves last.pt.
+FAKE_WORKER = """
+import os, signal, sys, time
+def save(*_):
+    time.sleep(0.5)
+    open(os.path.join(sys.argv[1], "saved"), "w").write(str(os.getpid()))
+    sys.exit(143)
+signal.signal(signal.SIGTERM, save)
+open(os.path.join(sys.argv[1], "ready"), "w").write(str(os.getpid()))
+time.sleep(60)
+"""
+FAKE_LAUNCHER = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]]); time.sleep(60)"
+
+
+def test_a_signal_to_compare_alone_reaches_every_run_of_its_sweep_and_waits_for_their_saves(tmp_path):
+    """``kill <pid of recallseg-compare>``, not its group: the pool workers training the runs must stop and save too."""
+    tree = [sys.executable, "-c", FAKE_LAUNCHER, FAKE_WORKER, str(tmp_path)]
+    driver = (
+        "from recallseg.commands import compare_losses\n"
+        f"compare_losses.sweep_command = lambda *args: {tree!r}\n"
+        f"compare_losses.main(['--losses', 'ce', '--out', {str(tmp_path / 'sweep')!r}])\n"
+    )
+    compare = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int((tmp_path / "ready").read_text())
+    os.kill(compare.pid, signal.SIGTERM)
+    _, err = compare.communicate(timeout=30)
+    assert compare.returncode == 143, err
+    assert (tmp_path / "saved").read_text() == str(worker)  # compare ended after the worker's save, not before
+    assert f"stopped by SIGTERM: the runs under {tmp_path / 'sweep'} saved their last.pt" in err
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
 
 
 @pytest.mark.slow
