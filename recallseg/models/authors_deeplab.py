@@ -49,7 +49,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from recallseg.errors import ConfigError, UserError
-from recallseg.runtime.network import reachable
+from recallseg.models.download_probe import reachable
 
 log = logging.getLogger(__name__)
 

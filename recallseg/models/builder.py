@@ -16,7 +16,7 @@ from torch import nn
 
 from recallseg.config.construct import build, resolved
 from recallseg.errors import UserError
-from recallseg.runtime.network import PROBE_SECONDS, reachable
+from recallseg.models.download_probe import PROBE_SECONDS, reachable
 
 INPUT_KEYS = ("mean", "std", "channel_order")
 # Where the error about ImageNet weights that cannot be had sends the user.
