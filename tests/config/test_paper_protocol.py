@@ -260,7 +260,11 @@ def test_imagenet_weights_behind_a_network_that_never_answers_fail_within_the_pr
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(30))
+    def never_answers(*args, **kwargs):
+        time.sleep(30)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", never_answers)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *args, **kwargs: pytest.fail("downloaded without an answering server"))
     cfg = {**composed("model=deeplab_authors")["model"], "encoder_weights": "torchvision_resnet18"}
     started = time.monotonic()
