@@ -7,10 +7,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from recallseg.config.schema import Option
+from typing import Any, Mapping
+
+from recallseg.config.schema import Option, Refusal
 from recallseg.losses.functional import class_sums, class_totals_and_flagged, target_is_top1_from_log_probs
 from recallseg.losses.fused.statistics import KERNEL, class_ce_statistics, use_fused_kernel
 from recallseg.losses.registry import SegmentationLoss
+
+
+def _union_not_with_triton(key: str, denominator: str, section: Mapping[str, Any]) -> Refusal | None:
+    # The fused kernel counts hits per target class, not predictions per class; ``auto`` falls back to PyTorch.
+    if denominator == "union" and section.get("kernel") == "triton":
+        kernel = f"{key.rpartition('.')[0]}.kernel"
+        return f"got union, but {kernel}=triton counts no false positives", f"set {key}=class, or {kernel}=torch or auto"
+    return None
 
 
 class RecallLoss(SegmentationLoss):
@@ -29,6 +39,12 @@ class RecallLoss(SegmentationLoss):
         momentum: for ``"ema"``, the weight of the past: ``s <- m * s + (1 - m) * batch``.
         soft: take recall from predicted probabilities, ``recall_c = sum_{n in c} p_n(c) / N_c``,
             instead of hard hits.
+        denominator: ``"class"`` (the paper: ``w_c = FN_c / N_c``) or ``"union"``
+            (``w_c = FN_c / (N_c + FP_c)``, the share of the class's union with its prediction
+            that is missed): a class the model already over-predicts weighs less, so pushing
+            its recall up costs fewer false positives. Equal to ``"class"`` when nothing is
+            mistaken for the class. ``FP_c`` is counted like ``FN_c``: argmax predictions of
+            missed pixels, or with ``soft`` the probability other classes' pixels give to c.
         sync: all-reduce the per-class counts over DDP ranks so the weights come from the
             global batch; a no-op without an initialised process group.
         kernel: ``"torch"`` (PyTorch ops, any device), ``"triton"`` (one fused pass over the
@@ -40,7 +56,7 @@ class RecallLoss(SegmentationLoss):
     ``functional.target_is_top1``). The test runs on the log-probabilities the loss already
     has (``functional.target_is_top1_from_log_probs``), which ranks classes the same way.
 
-    Shape: logits ``(N, C, H, W)``, target ``(N, H, W)``; returns a scalar.
+    Shape: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, integer target ``(N)`` or ``(N, d1, ..., dk)``; returns a scalar.
     """
 
     options = {
@@ -48,6 +64,7 @@ class RecallLoss(SegmentationLoss):
         # At 1 the statistics would never leave the first batch's counts.
         "momentum": Option(float, minimum=0, below=1),
         "soft": Option(bool),
+        "denominator": Option(str, choices=("class", "union"), rule=_union_not_with_triton),
         "sync": Option(bool),
         "kernel": KERNEL,
     }
@@ -59,6 +76,7 @@ class RecallLoss(SegmentationLoss):
         statistics: str = "batch",
         momentum: float = 0.9,
         soft: bool = False,
+        denominator: str = "class",
         sync: bool = False,
         kernel: str = "torch",
     ):
@@ -66,28 +84,40 @@ class RecallLoss(SegmentationLoss):
         self.statistics = statistics
         self.momentum = float(momentum)
         self.soft = bool(soft)
+        self.denominator = denominator
         self.sync = bool(sync)
         self.kernel = kernel
-        # EMA of [N_c, FN_c]; `seen` turns the first update into a plain copy without a host branch.
-        self.register_buffer("ema_counts", torch.zeros(2, num_classes))
+        # EMA of [N_c, FN_c] (and FP_c for the union); `seen` turns the first update into a plain copy without a host branch.
+        self.register_buffer("ema_counts", torch.zeros(3 if denominator == "union" else 2, num_classes))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
         self._last_weights: torch.Tensor | None = None
         self._last_batch_recall: torch.Tensor | None = None
 
     @torch.no_grad()
     def _counts(self, log_probs: torch.Tensor, labels: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
-        """Stacked ``[N_c, FN_c]`` of this batch (float32, shape 2 x C); ``labels`` are C where ignored."""
+        """Stacked ``[N_c, FN_c]`` (``[N_c, FN_c, FP_c]`` for the union) of this batch (float32, 2 or 3 x C);
+        ``labels`` are C where ignored."""
+        num_classes = self.num_classes
         if self.soft:
-            totals = class_sums(labels, None, self.num_classes)
-            misses = class_sums(labels, -torch.expm1(-nll), self.num_classes)  # 1 - p_n(y_n)
+            totals = class_sums(labels, None, num_classes)
+            misses = class_sums(labels, -torch.expm1(-nll), num_classes)  # 1 - p_n(y_n)
+            if self.denominator == "union":
+                # sum over other classes' pixels of p_n(c) = all probability given to c - what c's own pixels kept
+                valid = (labels != num_classes).unsqueeze(1)
+                mass = torch.where(valid, log_probs.exp(), 0.0).transpose(0, 1).reshape(num_classes, -1).sum(1)
+                return torch.stack([totals, misses, (mass - (totals - misses)).clamp_min(0)])
         else:
             hit = target_is_top1_from_log_probs(log_probs, nll)
-            totals, hits = class_totals_and_flagged(labels, hit, self.num_classes)
+            totals, hits = class_totals_and_flagged(labels, hit, num_classes)
             misses = totals - hits
+            if self.denominator == "union":
+                # A missed pixel is a false positive of the class it was taken for; a hit of none.
+                taken_for = torch.where(hit, num_classes, log_probs.argmax(dim=1).where(labels != num_classes, num_classes))
+                return torch.stack([totals, misses, class_sums(taken_for, None, num_classes)])
         return torch.stack([totals, misses])
 
     def _weights(self, counts: torch.Tensor) -> torch.Tensor:
-        """``w_c = FN_c / N_c`` from this batch's ``[N_c, FN_c]``, after DDP sync and EMA as configured."""
+        """``w_c = FN_c / N_c`` (or ``FN_c / (N_c + FP_c)``) from this batch's counts, after DDP sync and EMA as configured."""
         batch_recall = 1.0 - counts[1] / counts[0].clamp_min(1)
         if self.sync and dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
@@ -99,13 +129,14 @@ class RecallLoss(SegmentationLoss):
             counts = self.ema_counts
         elif self.statistics == "ema":
             counts = torch.where(self.seen, self.ema_counts, counts)
-        weights = counts[1] / counts[0].clamp_min(1e-12)
+        denominator = counts[0] + counts[2] if self.denominator == "union" else counts[0]
+        weights = counts[1] / denominator.clamp_min(1e-12)
         weights = torch.where(counts[0] > 0, weights, torch.zeros_like(weights))
         self._last_weights, self._last_batch_recall = weights.detach(), batch_recall.detach()
         return weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if use_fused_kernel(self.kernel, logits):
+        if self.denominator == "class" and use_fused_kernel(self.kernel, logits):
             # sum_n w[y_n] * nll_n == sum_c w_c * S_c: the loss needs only per-class sums.
             stats, nll_sums = class_ce_statistics(logits, target, self.num_classes, self.ignore_index)
             weights = self._weights(torch.stack([stats[0], stats[2] if self.soft else stats[1]]))
