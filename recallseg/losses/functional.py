@@ -102,6 +102,13 @@ def target_is_top1_from_log_probs(log_probs: torch.Tensor, nll: torch.Tensor) ->
     return -nll >= log_probs.amax(dim=1)
 
 
+def hits_and_predictions_from_log_probs(log_probs: torch.Tensor, nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``target_is_top1_from_log_probs`` and each pixel's argmax class (the first on ties), from
+    one ``max`` over classes: on CPU ``argmax(dim=1)`` alone costs about 9 times a ``max``."""
+    top, predicted = log_probs.max(dim=1)
+    return -nll >= top, predicted
+
+
 def class_totals_and_flagged(labels: torch.Tensor, flagged: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class pixel counts and counts of ``flagged`` pixels (float32), in one ``class_sums`` pass.
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from typing import Any, Mapping
 
 from recallseg.config.schema import Option, Refusal
-from recallseg.losses.functional import class_sums, class_totals_and_flagged, target_is_top1_from_log_probs
+from recallseg.losses.functional import class_sums, class_totals_and_flagged, hits_and_predictions_from_log_probs, target_is_top1_from_log_probs
 from recallseg.losses.fused.statistics import KERNEL, class_ce_statistics, use_fused_kernel
 from recallseg.losses.registry import SegmentationLoss
 
@@ -104,16 +104,18 @@ class RecallLoss(SegmentationLoss):
             if self.denominator == "union":
                 # sum over other classes' pixels of p_n(c) = all probability given to c - what c's own pixels kept
                 valid = (labels != num_classes).unsqueeze(1)
-                mass = torch.where(valid, log_probs.exp(), 0.0).transpose(0, 1).reshape(num_classes, -1).sum(1)
+                mass = (log_probs.exp() * valid).sum(dim=[0, *range(2, log_probs.dim())])
                 return torch.stack([totals, misses, (mass - (totals - misses)).clamp_min(0)])
+        elif self.denominator == "union":
+            hit, predicted = hits_and_predictions_from_log_probs(log_probs, nll)
+            totals, hits = class_totals_and_flagged(labels, hit, num_classes)
+            # A missed pixel is a false positive of the class it was taken for; a hit of none.
+            taken_for = torch.where(hit | (labels == num_classes), num_classes, predicted)
+            return torch.stack([totals, totals - hits, class_sums(taken_for, None, num_classes)])
         else:
             hit = target_is_top1_from_log_probs(log_probs, nll)
             totals, hits = class_totals_and_flagged(labels, hit, num_classes)
             misses = totals - hits
-            if self.denominator == "union":
-                # A missed pixel is a false positive of the class it was taken for; a hit of none.
-                taken_for = torch.where(hit, num_classes, log_probs.argmax(dim=1).where(labels != num_classes, num_classes))
-                return torch.stack([totals, misses, class_sums(taken_for, None, num_classes)])
         return torch.stack([totals, misses])
 
     def _weights(self, counts: torch.Tensor) -> torch.Tensor:

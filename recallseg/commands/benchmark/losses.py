@@ -31,6 +31,7 @@ CONFIGS = {
     "recall_ema": {"name": "recall", "statistics": "ema"},
     "recall_soft": {"name": "recall", "soft": True},
     "recall_union": {"name": "recall", "denominator": "union"},
+    "recall_soft_union": {"name": "recall", "soft": True, "denominator": "union"},
     "focal": {"name": "focal", "gamma": 2.0},
     "ohem": {"name": "ohem", "thresh": 0.7, "min_kept": 100000},
     "lovasz": {"name": "lovasz"},
