@@ -93,6 +93,17 @@ class RecallLoss(SegmentationLoss):
         self._last_weights: torch.Tensor | None = None
         self._last_batch_recall: torch.Tensor | None = None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A checkpoint of the other denominator: [N_c, FN_c] carry over; without a stored FP_c the EMA starts again.
+        stored, rows = state_dict.get(prefix + "ema_counts"), self.ema_counts.shape[0]
+        if isinstance(stored, torch.Tensor) and stored.dim() == 2 and stored.shape[1:] == self.ema_counts.shape[1:] and stored.shape[0] != rows:
+            if stored.shape[0] > rows:
+                state_dict[prefix + "ema_counts"] = stored[:rows]
+            else:
+                state_dict[prefix + "ema_counts"] = torch.zeros_like(self.ema_counts)
+                state_dict[prefix + "seen"] = torch.zeros_like(self.seen)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def _counts(self, log_probs: torch.Tensor, labels: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
         """Stacked ``[N_c, FN_c]`` (``[N_c, FN_c, FP_c]`` for the union) of this batch (float32, 2 or 3 x C);

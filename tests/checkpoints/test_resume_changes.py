@@ -58,6 +58,13 @@ def test_a_new_batch_size_applies_to_the_resumed_training_and_is_logged(run_dir,
     assert "trainer.batch_size changed from 2 to 4; the new value applies" in caplog.text
 
 
+def test_another_recall_denominator_applies_and_is_logged(run_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="recallseg"):
+        run = resumed(run_dir, "loss.denominator=union")
+    assert run.criterion.denominator == "union" and run.criterion.ema_counts.shape[0] == 3
+    assert "loss.denominator changed from 'class' to 'union'; the new value applies" in caplog.text
+
+
 @pytest.mark.parametrize("override, named", [
     ("loss=ce", "loss._target_ recallseg.losses.recall.RecallLoss -> recallseg.losses.cross_entropy.CrossEntropyLoss"),
     ("model.encoder_name=resnet34", "model.encoder_name resnet18 -> resnet34 (another network)"),

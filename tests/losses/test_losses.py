@@ -573,6 +573,22 @@ def test_ema_state_is_in_state_dict_and_updates_as_momentum_blend():
     torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_recall_ema_state_of_the_other_denominator_loads():
+    """A run resumed with another ``denominator``: its [N_c, FN_c] carry over; a class checkpoint
+    stores no FP_c, so a union loss starts its statistics again from the next batch."""
+    union = make("recall", statistics="ema", momentum=0.5, denominator="union")
+    union(*make_batch(seed=26))
+    counts = union.ema_counts.clone()
+    plain = make("recall", statistics="ema", momentum=0.5)
+    plain.load_state_dict(union.state_dict())
+    assert torch.equal(plain.ema_counts, counts[:2]) and bool(plain.seen)
+    union = make("recall", statistics="ema", momentum=0.5, denominator="union")
+    union.load_state_dict(plain.state_dict())
+    assert union.ema_counts.shape == (3, C) and not bool(union.seen)
+    logits, target = make_batch(seed=27)
+    torch.testing.assert_close(union(logits, target).double(), recall_oracle(logits.double(), target, union=True), rtol=1e-5, atol=1e-6)
+
+
 def test_sync_without_process_group_is_a_no_op():
     logits, target = make_batch(seed=12)
     plain, plain_grad = value_and_grad(make("recall"), logits, target)
