@@ -145,18 +145,21 @@ def run_as_group(command: list[str], grace: float = 25.0) -> tuple[int, int | No
     the group's last processes (less than a scheduler's 30 s before SIGKILL). Returns the
     command's exit status and the signal received (None if none).
     """
-    process = subprocess.Popen(command, start_new_session=True)
     received: list[int] = []
+    started: list[int] = []
 
     def forward(signum, frame) -> None:
         received.append(signum)
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:  # the group is gone already
-            pass
+        if started:
+            _signal_group(started[0], signum)
 
+    # Installed before the start: a signal meanwhile must not end this process alone, leaving the sweep running.
     previous = {sig: signal.signal(sig, forward) for sig in EXIT_CODES}
     try:
+        process = subprocess.Popen(command, start_new_session=True)
+        started.append(process.pid)
+        if received:  # came while it started
+            _signal_group(process.pid, received[0])
         status = process.wait()
         deadline = time.monotonic() + grace
         while received and time.monotonic() < deadline and _group_alive(process.pid):
@@ -165,6 +168,13 @@ def run_as_group(command: list[str], grace: float = 25.0) -> tuple[int, int | No
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status, (received[0] if received else None)
+
+
+def _signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:  # the group is gone already
+        pass
 
 
 def _group_alive(group: int) -> bool:

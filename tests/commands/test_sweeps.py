@@ -78,6 +78,34 @@ def test_a_signal_to_compare_alone_reaches_every_run_of_its_sweep_and_waits_for_
         os.kill(worker, 0)
 
 
+def test_a_signal_while_the_sweep_starts_still_reaches_it(tmp_path):
+    """SIGTERM to compare before Popen has returned: compare must not die alone, leaving the sweep running."""
+    tree = [sys.executable, "-c", FAKE_LAUNCHER, FAKE_WORKER, str(tmp_path)]
+    driver = (
+        "import os, signal, subprocess\n"
+        "from recallseg.commands import compare_losses\n"
+        "class Starting(subprocess.Popen):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        f"        open({str(tmp_path / 'launcher')!r}, 'w').write(str(self.pid))\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "subprocess.Popen = Starting\n"
+        f"compare_losses.sweep_command = lambda *args: {tree!r}\n"
+        f"compare_losses.main(['--losses', 'ce', '--out', {str(tmp_path / 'sweep')!r}])\n"
+    )
+    with open(tmp_path / "err", "w") as err:  # not a pipe: a sweep left running would hold it open
+        compare = subprocess.Popen([sys.executable, "-c", driver], stderr=err, start_new_session=True)
+    try:
+        assert compare.wait(timeout=30) == 143, (tmp_path / "err").read_text()
+        with pytest.raises(ProcessLookupError):
+            os.killpg(int((tmp_path / "launcher").read_text()), 0)
+    finally:
+        try:
+            os.killpg(int((tmp_path / "launcher").read_text()), signal.SIGKILL)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+
+
 @pytest.mark.slow
 def test_compare_losses_runs_two_jobs_in_parallel_on_joblib(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
