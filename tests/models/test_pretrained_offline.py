@@ -79,3 +79,14 @@ def test_the_probe_tells_a_listening_hub_from_a_closed_one(monkeypatch):
     started = time.monotonic()
     assert not hub_reachable(timeout=2)  # the port is closed now: refused at once
     assert time.monotonic() - started < 1
+
+
+def test_the_probe_asks_the_proxy_that_downloads_would_go_through(monkeypatch):
+    """Behind an HTTP(S) proxy the server's own address may be closed to this machine while downloads work."""
+    from recallseg.models.download_probe import reachable
+
+    for name in ("no_proxy", "NO_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert reachable("https://download.pytorch.invalid/models/resnet18.pth", timeout=2)
