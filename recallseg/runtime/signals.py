@@ -136,8 +136,13 @@ class Interruptible:
                 raise StopRequested
 
 
+# What a signal to a sweep's parent becomes for the sweep: a closed terminal (SIGHUP) no longer
+# reaches a sweep in its own session, and stops it as SIGTERM does, each run saving last.pt.
+RELAYED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM}
+
+
 def run_as_group(command: list[str], grace: float = 25.0) -> tuple[int, int | None]:
-    """Run ``command`` in a process group of its own and pass SIGTERM/SIGINT on to the whole group.
+    """Run ``command`` in a process group of its own and pass SIGTERM/SIGINT/SIGHUP on to the whole group.
 
     A sweep's runs are grandchildren (Hydra's joblib workers): a signal sent to this process alone
     (``kill <pid>``) would leave them training. Here every process of the sweep gets it, so each
@@ -151,15 +156,15 @@ def run_as_group(command: list[str], grace: float = 25.0) -> tuple[int, int | No
     def forward(signum, frame) -> None:
         received.append(signum)
         if started:
-            _signal_group(started[0], signum)
+            _signal_group(started[0], RELAYED[signum])
 
     # Installed before the start: a signal meanwhile must not end this process alone, leaving the sweep running.
-    previous = {sig: signal.signal(sig, forward) for sig in EXIT_CODES}
+    previous = {sig: signal.signal(sig, forward) for sig in RELAYED}
     try:
         process = subprocess.Popen(command, start_new_session=True)
         started.append(process.pid)
         if received:  # came while it started
-            _signal_group(process.pid, received[0])
+            _signal_group(process.pid, RELAYED[received[0]])
         status = process.wait()
         deadline = time.monotonic() + grace
         while received and time.monotonic() < deadline and _group_alive(process.pid):

@@ -10,7 +10,7 @@ validation would otherwise have prevented). Then the run says in one line what h
 - a signal: a log line, and the exit status 128 + its number (``Interrupted``);
 - ``trainer.stop_after``: a log line, status 0;
 - the user's situation (``errors.as_user_error``): ``RunStopped``, one line naming the cause
-  and what became of ``last.pt``, status 2;
+  and what became of ``last.pt`` (a message that explains itself keeps its lines below), status 2;
 - a bug: a log line saying what became of ``last.pt``, then its own traceback, status 1.
 
 Each way out that keeps the place names the command that continues the run

@@ -56,7 +56,8 @@ time.sleep(60)
 FAKE_LAUNCHER = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]]); time.sleep(60)"
 
 
-def test_a_signal_to_compare_alone_reaches_every_run_of_its_sweep_and_waits_for_their_saves(tmp_path):
+@pytest.mark.parametrize("sent, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "a closed terminal"])
+def test_a_signal_to_compare_alone_reaches_every_run_of_its_sweep_and_waits_for_their_saves(tmp_path, sent, status):
     """``kill <pid of recallseg-compare>``, not its group: the pool workers training the runs must stop and save too."""
     tree = [sys.executable, "-c", FAKE_LAUNCHER, FAKE_WORKER, str(tmp_path)]
     driver = (
@@ -69,11 +70,11 @@ def test_a_signal_to_compare_alone_reaches_every_run_of_its_sweep_and_waits_for_
     while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     worker = int((tmp_path / "ready").read_text())
-    os.kill(compare.pid, signal.SIGTERM)
+    os.kill(compare.pid, sent)
     _, err = compare.communicate(timeout=30)
-    assert compare.returncode == 143, err
+    assert compare.returncode == status, err
     assert (tmp_path / "saved").read_text() == str(worker)  # compare ended after the worker's save, not before
-    assert f"stopped by SIGTERM: the runs under {tmp_path / 'sweep'} saved their last.pt" in err
+    assert f"stopped by {sent.name}: the runs under {tmp_path / 'sweep'} saved their last.pt" in err
     with pytest.raises(ProcessLookupError):
         os.kill(worker, 0)
 
