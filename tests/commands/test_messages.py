@@ -42,12 +42,15 @@ def run_failing(tmp_path, failing_dataset, fail_with):
 
 
 @pytest.mark.slow
-def test_a_user_error_in_a_loader_worker_is_one_line_also_in_train_log(tmp_path, failing_dataset):
+def test_a_user_error_in_a_loader_worker_is_its_error_line_and_explanation_also_in_train_log(tmp_path, failing_dataset):
     result = run_failing(tmp_path, failing_dataset, "user")
     assert result.returncode == 2, result.stderr[-3000:]
-    expected = "error: label /data/masks/x.png holds mask values outside the known ones: 7 (known: 0-8, 255); stopped at iteration "
-    (line,) = [segment for segment in last_segments(result.stderr) if segment.startswith("error: ")]  # on a line of its own
+    expected = "error: label /data/masks/x.png holds mask values outside the known ones: 7; stopped at iteration "
+    segments = last_segments(result.stderr)
+    (at,) = [i for i, segment in enumerate(segments) if segment.startswith("error: ")]  # on a line of its own
+    line, explanation = segments[at], segments[at + 1]
     assert line.startswith(expected) and "resume=auto" in line, result.stderr[-2000:]  # and what became of last.pt
+    assert explanation.strip() == "(known: 0-8, 255)" and explanation.startswith("  ")  # the message's own second line, below
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
     assert line in (tmp_path / "run" / "train.log").read_text()
 
