@@ -967,6 +967,7 @@ def test_loss_runs_without_host_device_sync_on_cuda(case_id, cfg, oracle):
         ("recall_ema_slow", "recall", {"statistics": "ema", "momentum": 0.99}),
         ("recall_soft", "recall", {"soft": True, "statistics": "batch"}),
         ("recall_union", "recall", {"denominator": "union", "statistics": "batch"}),
+        ("recall_global", "recall", {"sync": True, "statistics": "batch"}),
         ("recall_ema_slow_union", "recall", {"denominator": "union", "statistics": "ema", "momentum": 0.99}),
         ("weighted_ce_frequency", "weighted_ce", {"mode": "median_frequency"}),
     ],
