@@ -573,6 +573,19 @@ def test_ema_state_is_in_state_dict_and_updates_as_momentum_blend():
     torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_the_union_denominator_never_takes_the_fused_path_which_counts_no_false_positives(monkeypatch):
+    import recallseg.losses.recall as recall_module
+
+    def fused(*args, **kwargs):
+        raise AssertionError("the fused kernel took a union loss")
+
+    monkeypatch.setattr(recall_module, "use_fused_kernel", lambda kernel, logits: True)  # as on CUDA with kernel=auto
+    monkeypatch.setattr(recall_module, "class_ce_statistics", fused)
+    logits, target = make_batch(**BATCHES["with_ignore"])
+    value = build_loss({"name": "recall", "denominator": "union", "kernel": "auto"}, context())(logits, target)
+    torch.testing.assert_close(value.double(), recall_oracle(logits.double(), target, union=True), rtol=1e-5, atol=1e-6)
+
+
 def test_recall_ema_state_of_the_other_denominator_loads():
     """A run resumed with another ``denominator``: its [N_c, FN_c] carry over; a class checkpoint
     stores no FP_c, so a union loss starts its statistics again from the next batch."""
