@@ -15,6 +15,8 @@ replaces a stored value, and then under the rules of what may change on resume
   from this one, so a run stopped by ``trainer.stop_after`` continues to ``trainer.max_iters``.
 - A key of a fixed section (``trainer``, ``evaluation``, ...) that the stored config lacks, as one
   written by an older recallseg does, takes its default.
+- A key whose config value is another key's (``evaluation.num_workers: ${trainer.num_workers}``)
+  follows that key when it is typed again, unless the stored run had given the two different values.
 
 The values come from Hydra's composition of this command line, so the user's own interpolations
 have their values. The stored config stays data: nothing in it is resolved, and the trainer
@@ -79,10 +81,12 @@ def group_keys(groups: list[str], sections: Iterable[str]) -> tuple[set[str], se
     return whole, keys
 
 
-def resumed_config(stored: Any, composed: Mapping[str, Any], typed: Iterable[str], path: Any) -> tuple[dict, frozenset[str]]:
+def resumed_config(
+    stored: Any, composed: Mapping[str, Any], typed: Iterable[str], path: Any, links: Mapping[str, str] | None = None
+) -> tuple[dict, frozenset[str]]:
     """The config a run continuing the checkpoint at ``path`` trains with: its ``stored`` config with
-    the ``typed`` overrides taken from ``composed`` (this command line's config, resolved); and the
-    targets the user named."""
+    the ``typed`` overrides taken from ``composed`` (this command line's config, resolved) and the
+    keys ``links`` ties to them (``config.compose.interpolation_links``); and the targets the user named."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not isinstance(stored, dict) or not stored:
@@ -109,6 +113,10 @@ def resumed_config(stored: Any, composed: Mapping[str, Any], typed: Iterable[str
         if override.is_delete():
             _delete(config, key)
         else:
+            keys.add(key)
+    for key, source in (links or {}).items():
+        changed = source in keys or source.split(".")[0] in whole
+        if changed and key not in keys and _get(stored, key) == _get(stored, source):
             keys.add(key)
     for key in sorted(keys) + list(INVOCATION_KEYS):
         value = _get(composed, key)

@@ -34,6 +34,7 @@ def run_training(cfg: DictConfig, typed: Sequence[str] = ()) -> float:
     config and the ``typed`` overrides (the keys the user typed; ``checkpoints.resume_config``)."""
     from recallseg.checkpoints.resume import resume_start
     from recallseg.checkpoints.resume_config import resumed_config
+    from recallseg.config.compose import interpolation_links
     from recallseg.config.schema import validate_train_config
     from recallseg.runtime.openmp import passive_wait_note
     from recallseg.training.run_directory import claim_run_directory, record_config, release_run_directory
@@ -49,7 +50,7 @@ def run_training(cfg: DictConfig, typed: Sequence[str] = ()) -> float:
             start = resume_start(run_dir / "checkpoints", config["resume"])
             named = None
             if start.state is not None:  # the run's own config, not the defaults
-                config, named = resumed_config(start.state.get("config"), config, typed, start.path)
+                config, named = resumed_config(start.state.get("config"), config, typed, start.path, interpolation_links(cfg))
                 config = validate_train_config(as_config(config))
             config, smoke_changes = smoke_config(as_config(config))
             if smoke_changes:

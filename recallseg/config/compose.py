@@ -37,6 +37,13 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def interpolation_links(cfg: DictConfig) -> dict[str, str]:
+    """Each key whose value in ``cfg`` is another key's, as written (``evaluation.num_workers:
+    ${trainer.num_workers}`` gives ``{"evaluation.num_workers": "trainer.num_workers"}``)."""
+    raw = flatten(OmegaConf.to_container(cfg, resolve=False))
+    return {key: match.group(1) for key, value in raw.items() if isinstance(value, str) and (match := re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", value))}
+
+
 def dotted_keys(node: Any) -> list[str]:
     """Every key of ``node``, sections included (``a``, ``a.b``), for "did you mean" hints."""
     keys: dict[str, None] = {}

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_OVERRIDES
 from recallseg.checkpoints.format import CheckpointError
 from recallseg.checkpoints.resume_config import resumed_config
-from recallseg.config.compose import compose_checked
+from recallseg.config.compose import compose_checked, interpolation_links
 from recallseg.config.schema import validate_train_config
 
 # The run as it was started: far from the defaults.
@@ -27,7 +27,8 @@ def stored():
 
 def resume(stored, *typed):
     typed = ["resume=auto", "output_dir=/runs/again", *typed]
-    return resumed_config(copy.deepcopy(stored), composed(*typed), typed, "last.pt")
+    links = interpolation_links(compose_checked("train", typed))
+    return resumed_config(copy.deepcopy(stored), composed(*typed), typed, "last.pt", links)
 
 
 def test_what_is_not_typed_again_is_the_stored_runs_and_each_invocation_keeps_its_own_place(stored):
@@ -38,6 +39,17 @@ def test_what_is_not_typed_again_is_the_stored_runs_and_each_invocation_keeps_it
         k: v for k, v in stored.items() if k not in ("trainer", "output_dir", "resume")
     }
     assert named == frozenset()  # every target in it is the checkpoint's
+
+
+def test_a_key_that_follows_a_typed_key_in_the_config_follows_it_unless_the_run_set_it_apart(stored):
+    assert stored["evaluation"]["num_workers"] == stored["trainer"]["num_workers"]  # ${trainer.num_workers}
+    config, _ = resume(stored, "trainer.num_workers=3")
+    assert config["trainer"]["num_workers"] == config["evaluation"]["num_workers"] == 3
+    apart = {**stored, "evaluation": {**stored["evaluation"], "num_workers": stored["trainer"]["num_workers"] + 2}}
+    config, _ = resume(apart, "trainer.num_workers=3")
+    assert config["evaluation"]["num_workers"] == apart["evaluation"]["num_workers"]
+    config, _ = resume(stored, "evaluation.num_workers=2")  # the follower typed: the leader stays
+    assert (config["trainer"]["num_workers"], config["evaluation"]["num_workers"]) == (stored["trainer"]["num_workers"], 2)
 
 
 def test_a_key_typed_again_replaces_the_stored_value_and_only_that_key(stored):

@@ -156,3 +156,15 @@ def test_a_key_of_the_stored_run_that_the_defaults_lack_is_set_with_a_double_plu
     with pytest.raises(ConfigError, match="dataset.root: is not a known option"):
         compose_resumable(["dataset.root=/data/moved"])  # not a resume: the plain refusal
     assert compose_resumable(["resume=auto", "++dataset.root=/data/moved"]).dataset.root == "/data/moved"
+
+
+def test_a_resume_that_types_a_key_again_moves_the_keys_that_follow_it(tmp_path, monkeypatch):
+    """``evaluation.num_workers: ${trainer.num_workers}``: typing the loader processes again on resume sets both."""
+    logs = []
+    monkeypatch.setenv("RECALLSEG_CACHE", str(tmp_path / "cache"))
+    small = [o for o in RUN if not o.startswith(("trainer.max_iters", "trainer.val_interval"))]
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    train([*small, "trainer.max_iters=2", "trainer.val_interval=1", "trainer.stop_after=1", run], monkeypatch, logs)
+    train(["resume=auto", "trainer.num_workers=1", run], monkeypatch, logs)
+    record = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    assert (record.trainer.num_workers, record.evaluation.num_workers) == (1, 1)
