@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import torch
 import torch.nn.functional as F
 
-from recallseg.config.schema import Option, Refusal
-from recallseg.losses.fused.statistics import KERNEL, class_ce_statistics, use_fused_kernel
+from recallseg.config.schema import Option
+from recallseg.losses.fused.statistics import KERNEL, class_ce_statistics, not_with_triton, use_fused_kernel
 from recallseg.losses.registry import SegmentationLoss
-
-
-def _not_with_triton(key: str, smoothing: float, section: Mapping[str, Any]) -> Refusal | None:
-    # The fused kernel sums plain NLL; ``auto`` falls back to PyTorch, but ``triton`` promises the kernel.
-    if smoothing and section.get("kernel") == "triton":
-        kernel = f"{key.rpartition('.')[0]}.kernel"
-        return f"got {smoothing}, but {kernel}=triton does not implement label smoothing", f"set {key}=0, or {kernel}=torch or auto"
-    return None
 
 
 class CrossEntropyLoss(SegmentationLoss):
@@ -34,7 +24,7 @@ class CrossEntropyLoss(SegmentationLoss):
     whose pixels are all ignored gives 0 with zero gradient (PyTorch itself gives NaN).
     """
 
-    options = {"label_smoothing": Option(float, minimum=0, maximum=1, rule=_not_with_triton), "kernel": KERNEL}
+    options = {"label_smoothing": Option(float, minimum=0, maximum=1, rule=not_with_triton(0, "does not implement label smoothing")), "kernel": KERNEL}
 
     def __init__(self, num_classes: int, ignore_index: int = 255, label_smoothing: float = 0.0, kernel: str = "torch"):
         super().__init__(num_classes, ignore_index)

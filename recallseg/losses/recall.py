@@ -7,20 +7,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from typing import Any, Mapping
-
-from recallseg.config.schema import Option, Refusal
+from recallseg.config.schema import Option
 from recallseg.losses.functional import class_sums, class_totals_and_flagged, hits_and_predictions_from_log_probs, target_is_top1_from_log_probs
-from recallseg.losses.fused.statistics import KERNEL, class_ce_statistics, use_fused_kernel
+from recallseg.losses.fused.statistics import KERNEL, class_ce_statistics, not_with_triton, use_fused_kernel
 from recallseg.losses.registry import SegmentationLoss
-
-
-def _union_not_with_triton(key: str, denominator: str, section: Mapping[str, Any]) -> Refusal | None:
-    # The fused kernel counts hits per target class, not predictions per class; ``auto`` falls back to PyTorch.
-    if denominator == "union" and section.get("kernel") == "triton":
-        kernel = f"{key.rpartition('.')[0]}.kernel"
-        return f"got union, but {kernel}=triton counts no false positives", f"set {key}=class, or {kernel}=torch or auto"
-    return None
 
 
 class RecallLoss(SegmentationLoss):
@@ -64,7 +54,7 @@ class RecallLoss(SegmentationLoss):
         # At 1 the statistics would never leave the first batch's counts.
         "momentum": Option(float, minimum=0, below=1),
         "soft": Option(bool),
-        "denominator": Option(str, choices=("class", "union"), rule=_union_not_with_triton),
+        "denominator": Option(str, choices=("class", "union"), rule=not_with_triton("class", "counts no false positives")),
         "sync": Option(bool),
         "kernel": KERNEL,
     }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -56,6 +56,19 @@ def _triton_installed(key: str, kernel: str, section: Mapping[str, Any]) -> Refu
 
 # The ``kernel`` option of every loss with a fused path.
 KERNEL = Option(str, choices=KERNELS, rule=_triton_installed)
+
+
+def not_with_triton(default: Any, missing: str) -> Callable[[str, Any, Mapping[str, Any]], Refusal | None]:
+    """The ``rule`` of an option the fused kernels do not implement (they ``missing``): any value but
+    ``default`` is refused with ``kernel=triton``, where the fix is cheap; ``auto`` falls back to PyTorch."""
+
+    def rule(key: str, value: Any, section: Mapping[str, Any]) -> Refusal | None:
+        if value != default and section.get("kernel") == "triton":
+            kernel = f"{key.rpartition('.')[0]}.kernel"
+            return f"got {value}, but {kernel}=triton {missing}", f"set {key}={default}, or {kernel}=torch or auto"
+        return None
+
+    return rule
 
 
 def use_fused_kernel(kernel: str, logits: torch.Tensor) -> bool:
