@@ -1,7 +1,8 @@
 """The error types users see, and which conditions are the user's situation rather than a bug.
 
 Every command prints a ``UserError`` as one line, ``error: <what>: <why>; <what to do>``, with
-the further lines of a message that has several indented below it, and exits with status 2; anything else is a bug and keeps its traceback. Some conditions that are
+the further lines of a message that has several indented below it, and exits with status 2;
+anything else is a bug and keeps its traceback. Some conditions that are
 not ``UserError``s are the user's situation all the same: an OS error about a file the OS names
 or about a disk that is full or read-only, and running out of memory. ``as_user_error`` maps
 them, once, for every command and for a training run's single way out.
@@ -68,8 +69,14 @@ def one_line(error: BaseException) -> str:
 def error_report(error: BaseException) -> str:
     """What a command prints: ``error: <first line>``, and below it, indented, the lines of a message
     that explains itself over several (a dataset's expected layout, an example classes file)."""
+    first, explanation = message_lines(error)
+    return "\n".join([f"error: {first}", *(f"  {line}" for line in explanation)])
+
+
+def message_lines(error: BaseException) -> tuple[str, list[str]]:
+    """The first line of an error's message (its spaces collapsed) and the lines that explain it (blank ones left out)."""
     first, *explanation = message_text(error).strip().splitlines() or [""]
-    return "\n".join([f"error: {' '.join(first.split())}", *(f"  {line.rstrip()}" for line in explanation if line.strip())])
+    return " ".join(first.split()), [line.rstrip() for line in explanation if line.strip()]
 
 
 def message_text(error: BaseException) -> str:

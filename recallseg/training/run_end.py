@@ -35,7 +35,7 @@ from typing import NoReturn
 import torch
 
 from recallseg.checkpoints.format import first_nonfinite
-from recallseg.errors import UserError, as_user_error, message_text, one_line
+from recallseg.errors import UserError, as_user_error, message_lines, one_line
 from recallseg.runtime.random_state import gather_rng_states, rng_state
 from recallseg.runtime.signals import Interrupted, StopSignal
 
@@ -118,8 +118,8 @@ class RunEnd:
                 log.error("%s; the error below ended the run", kept)
             raise error
         # What became of last.pt joins the first line; a message that explains itself below keeps its lines.
-        first, *explanation = message_text(cause).strip().splitlines() or [""]
-        raise RunStopped("\n".join([" ".join(first.split()) + (f"; {kept}" if kept else ""), *explanation])) from error
+        first, explanation = message_lines(cause)
+        raise RunStopped("\n".join([first + (f"; {kept}" if kept else ""), *explanation])) from error
 
     def _save_place_after_error(self) -> str:
         """Save ``last.pt`` where that keeps something; says what became of it."""
