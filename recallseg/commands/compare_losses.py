@@ -10,9 +10,10 @@
 Every loss runs with the same seeds, iterations and data (anything after `--` is passed to
 training for all runs, Hydra launcher options included). The tables list the losses in the
 order given. The same command again (same `--out`) finishes a sweep cut short: finished runs
-are only validated again, interrupted ones continue from their last.pt. With `--split test` every run's best.pt, picked on the validation split, is scored
-on the test split (into `<run>/eval_test/`), so the tables carry no selection bias; without it
-they show each run's last validation. Writes, into the sweep directory: `comparison.md` (means
+are only validated again, interrupted ones continue from their last.pt. With `--split test`
+every run's best.pt, picked on the validation split, is scored on the test split (into
+`<run>/eval_test/`), so the tables carry no selection bias; without it they show each run's
+last validation. Writes, into the sweep directory: `comparison.md` (means
 over seeds, with the standard deviation when there are several, and the code, versions and
 machine the runs ran on), `comparison.csv` (every run: mIoU, mAcc, mPrecision, aAcc, per-class
 IoU, accuracy and precision, and its code, versions and machine) and `comparison.png` (mIoU
@@ -29,7 +30,8 @@ from datetime import datetime
 from pathlib import Path
 
 from recallseg.commands.comparison_report import summarize
-from recallseg.runtime.signals import EXIT_CODES, run_as_group
+from recallseg.runtime.signals import run_as_group
+
 
 def sweep_command(losses: list[str], seeds: list[str], sweep_dir: Path, overrides: list[str], launcher: str | None = None) -> list[str]:
     """The training multirun: every loss with every seed, on ``launcher`` (Hydra's basic one when None).
@@ -55,7 +57,7 @@ def run_sweep(losses: list[str], seeds: list[str], sweep_dir: Path, overrides: l
             f"the same command with --out {sweep_dir} continues the sweep",
             file=sys.stderr,
         )
-        raise SystemExit(EXIT_CODES.get(stopped_by, 128 + stopped_by))
+        raise SystemExit(128 + stopped_by)
     if status != 0:
         raise SystemExit(f"error: the sweep failed (exit status {status}); see the runs' train.log under {sweep_dir}")
 

@@ -8,9 +8,10 @@ parameters to optimise). ``build`` is ``hydra.utils.instantiate`` with two addit
   ``_target_`` in it, nested ones included, must be one of recallseg's own classes, a
   segmentation-models-pytorch model, an albumentations transform or (an optimizer section) a
   ``torch.optim`` optimizer, and is checked as text *before* anything is imported. Anything
-  else is refused; the user may name it on the command line for this run, which makes it theirs. Hydra's other keys (``_partial_``, ``_args_``, ...)
-  are refused, and the checked tree is called as it is (``call_tree``): never resolved by
-  OmegaConf, so what was checked is what the constructors get.
+  else is refused; the user may name it on the command line for this run, which makes it
+  theirs. Hydra's other keys (``_partial_``, ``_args_``, ...) are refused, and the checked tree
+  is called as it is (``call_tree``): never resolved by OmegaConf, so what was checked is what
+  the constructors get.
 - mistakes (an unknown target, an option the target does not take, a value the ``Option`` a
   class declares for it refuses) become one-line ``ConfigError``s naming the key.
 """

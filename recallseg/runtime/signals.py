@@ -151,18 +151,17 @@ def run_as_group(command: list[str], grace: float = 25.0) -> tuple[int, int | No
     command's exit status and the signal received (None if none).
     """
     received: list[int] = []
-    started: list[int] = []
+    process: subprocess.Popen | None = None
 
     def forward(signum, frame) -> None:
         received.append(signum)
-        if started:
-            _signal_group(started[0], RELAYED[signum])
+        if process is not None:
+            _signal_group(process.pid, RELAYED[signum])
 
     # Installed before the start: a signal meanwhile must not end this process alone, leaving the sweep running.
     previous = {sig: signal.signal(sig, forward) for sig in RELAYED}
     try:
         process = subprocess.Popen(command, start_new_session=True)
-        started.append(process.pid)
         if received:  # came while it started
             _signal_group(process.pid, RELAYED[received[0]])
         status = process.wait()
